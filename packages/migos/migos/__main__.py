@@ -1,0 +1,5 @@
+import sys
+
+from migos.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Stage 2: what runs inside the RAM-only MIGOS (the mig2balena state machine: migrate)."""
