@@ -1,0 +1,57 @@
+"""MIGOS build: ``doit build`` (default target debian-arm64), ``doit build target=NAME``.
+
+Command-line variables: ``target=NAME`` (a file multistrap/NAME.toml), ``mirror=URL``
+(replaces the target's first archive URL). The pipeline's steps live in stages/, one
+module each (see stages/__init__.py); this file only puts their tasks together.
+"""
+
+import logging
+import os
+import sys
+
+from doit import get_var
+
+REPO = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(REPO, "packages", "migos"))
+
+from stages import (bootpart, dist, fetch, fit, initramfs, kernel, modules, overlay,  # noqa: E402
+                    prune, rootfs, target, uboot)
+from stages.reporter import OneLineReporter, step  # noqa: E402
+from stages.tools import BuildError  # noqa: E402
+
+DOIT_CONFIG = {"default_tasks": ["build"], "verbosity": 1, "action_string_formatting": "new",
+               "reporter": OneLineReporter}
+logging.basicConfig(level=os.environ.get("MIGOS_BUILD_LOG", "WARNING"), format="%(message)s")
+
+
+def _context():
+    try:
+        return target.context(get_var("target", "debian-arm64"), mirror=get_var("mirror", None))
+    except BuildError as e:
+        sys.stderr.write("migos build: %s\n" % e)
+        sys.exit(2)
+
+
+CTX = _context()
+STAGES = (fetch, rootfs, kernel, modules, overlay, prune, initramfs, uboot, fit, bootpart, dist)
+
+
+def task_build():
+    """build MIGOS for the target (default debian-arm64) into dist/NAME/"""
+    return {"actions": None, "task_dep": ["dist"]}
+
+
+def _make(module):
+    def task():
+        (only,) = list(module.tasks(CTX))   # one task per stage, named after it
+        only = dict(only)
+        only.pop("name", None)
+        only["actions"] = [(step(f), a) for f, a in only["actions"]]
+        return only
+    task.__doc__ = module.__doc__.strip().splitlines()[0]
+    task.__name__ = "task_" + module.__name__.split(".")[-1]
+    return task
+
+
+for _m in STAGES:
+    globals()["task_" + _m.__name__.split(".")[-1]] = _make(_m)

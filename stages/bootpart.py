@@ -1,0 +1,100 @@
+"""bootpart: the exact file tree of a Raspberry Pi FAT boot partition for MIGOS.
+
+    bootcode.bin start*.elf fixup*.dat   firmware (Debian's raspi-firmware)
+    config.txt cmdline.txt               from boot/*.j2
+    boot.scr                             boot/boot.cmd.j2, compiled by mkimage -T script
+    migos.itb                            the FIT image
+    migos/u-boot.bin migos/cmdline.txt   what the firmware loads through os_prefix=migos/
+    migos/<firmware dtb name>.dtb        each board's upstream dtb under the name the firmware looks for
+
+``plan`` (pure) lists every file and where it comes from; ``build_bootpart`` copies.
+Output: build/NAME/boot/.
+"""
+
+import os
+import shutil
+
+import jinja2
+
+from migos import boards
+
+from . import kernel
+from .target import REPO
+from .tools import run
+
+TEMPLATES = {name: os.path.join(REPO, "boot", name + ".j2") for name in ("config.txt", "cmdline.txt", "boot.cmd")}
+ADDR = {"arm64": {"rpi": "0x10000000", "virt": "0x50000000", "comp": "0x0a000000"},
+        "armhf": {"rpi": "0x10000000", "virt": "0x48000000", "comp": "0x0a000000"}}
+VIRT_CMDLINE = {"arm64": "console=ttyAMA0 rdinit=/init panic=10", "armhf": "console=ttyAMA0 rdinit=/init panic=10"}
+
+
+def render(name, **values):
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    with open(TEMPLATES[name]) as f:
+        return env.from_string(f.read()).render(**values)
+
+
+def template_values(ctx):
+    t = ctx.target
+    rpi = [boards.BY_KEY[k] for k in t.boards if boards.BY_KEY[k].upstream_dtb]
+    virt = [boards.BY_KEY[k] for k in t.boards if not boards.BY_KEY[k].upstream_dtb]
+    return dict(version=ctx.version, target=t.name, arch=t.arch, console=t.console,
+                default_conf=(rpi or virt)[0].fit_config,
+                rpi_confs=[("broadcom/" + b.upstream_dtb, b.fit_config) for b in rpi],
+                virt_conf=virt[0].fit_config if virt else (rpi or virt)[0].fit_config,
+                virt_cmdline=VIRT_CMDLINE[t.arch], rpi_addr=ADDR[t.arch]["rpi"],
+                virt_addr=ADDR[t.arch]["virt"], comp_addr=ADDR[t.arch]["comp"])
+
+
+def plan(target, firmware_files, dtb_dir):
+    """{path in the boot partition: source path} for the copied files. Pure."""
+    files = {os.path.basename(f): f for f in firmware_files}
+    for key in target.boards:
+        b = boards.BY_KEY[key]
+        if b.upstream_dtb:
+            files["migos/" + b.firmware_dtb] = os.path.join(dtb_dir, b.upstream_dtb)
+    return files
+
+
+def build_bootpart(ctx):
+    k = kernel.info(ctx)
+    out = ctx.path("boot")
+    if os.path.exists(out):
+        shutil.rmtree(out)
+    os.makedirs(os.path.join(out, "migos"))
+    firmware = kernel.firmware_blobs(k["firmware"]) if k["firmware"] else []
+    for dest, src in plan(ctx.target, firmware, os.path.join(k["dtbs"], "broadcom")).items():
+        shutil.copy(src, os.path.join(out, dest))
+    values = template_values(ctx)
+    for name in ("config.txt", "cmdline.txt"):
+        with open(os.path.join(out, name), "w") as f:
+            f.write(render(name, **values))
+    shutil.copy(os.path.join(out, "cmdline.txt"), os.path.join(out, "migos", "cmdline.txt"))
+    cmd = ctx.path("boot.cmd")
+    with open(cmd, "w") as f:
+        f.write(render("boot.cmd", **values))
+    run("mkimage", "-A", "arm64" if ctx.target.arch == "arm64" else "arm", "-O", "linux", "-T", "script",
+        "-C", "none", "-n", "MIGOS boot script", "-d", cmd, os.path.join(out, "boot.scr"),
+        env={"SOURCE_DATE_EPOCH": str(ctx.source_date_epoch)})
+    shutil.copy(ctx.path("uboot", "u-boot.bin"), os.path.join(out, "migos", "u-boot.bin"))
+    shutil.copy(ctx.path("migos.itb"), os.path.join(out, "migos.itb"))
+    with open(ctx.path("boot.stamp"), "w") as f:
+        f.write("\n".join(sorted(os.listdir(out))) + "\n")
+
+
+def tasks(ctx):
+    yield {
+        "name": "bootpart",
+        "doc": "assemble the Raspberry Pi boot partition tree (firmware, config.txt, boot.scr, U-Boot, FIT)",
+        "actions": [(build_bootpart, [ctx])],
+        "file_dep": list(TEMPLATES.values()) + [__file__, ctx.path("kernel.json"), ctx.path("migos.itb"),
+                                                ctx.path("uboot", "u-boot.bin")],
+        "targets": [ctx.path("boot.stamp")],
+        "uptodate": [_config(ctx)],
+        "clean": [(shutil.rmtree, [ctx.path("boot"), True])],
+    }
+
+
+def _config(ctx):
+    from doit.tools import config_changed
+    return config_changed(repr(sorted(template_values(ctx).items())))

@@ -1,0 +1,86 @@
+"""fit: kernel + initramfs + the boards' device trees into ``migos.itb`` (mkimage -f).
+
+``render_its`` is pure: the board table (migos.boards) gives each configuration its
+name and dtb; Raspberry Pi configurations use the kernel loaded at the Pi's address,
+the qemu ``virt`` one the kernel loaded into virt's RAM. The kernel is stored gzip'd
+(deterministic: no name, mtime 0) so U-Boot reads less from the SD card.
+"""
+
+import gzip
+import os
+import shutil
+
+import jinja2
+
+from migos import boards
+
+from . import kernel
+from .target import REPO
+from .tools import run
+
+TEMPLATE = os.path.join(REPO, "boot", "migos.its.j2")
+FIT_ARCH = {"arm64": "arm64", "armhf": "arm", "armel": "arm"}
+LOAD = {"rpi": {"arm64": "0x00080000", "armhf": "0x00008000", "armel": "0x00008000"},
+        "virt": {"arm64": "0x40400000", "armhf": "0x40008000", "armel": "0x40008000"}}
+
+
+def family(board):
+    return "virt" if board.upstream_dtb is None else "rpi"
+
+
+def plan(target, dtb_dir):
+    """(kernel families, configurations) for the target's boards. Pure."""
+    configs = []
+    for key in target.boards:
+        b = boards.BY_KEY[key]
+        configs.append({"name": b.fit_config, "description": b.name,
+                        "kernel": "kernel-" + family(b),
+                        "dtb": os.path.join(dtb_dir, b.upstream_dtb) if b.upstream_dtb else None})
+    families = sorted({c["kernel"][len("kernel-"):] for c in configs})
+    return families, configs
+
+
+def render_its(ctx_version, target, kernel_release, kernel_gz, ramdisk, dtb_dir):
+    families, configs = plan(target, dtb_dir)
+    kernels = [{"node": "kernel-" + f, "family": f, "path": kernel_gz, "compression": "gzip",
+                "load": LOAD[f][target.arch]} for f in families]
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    with open(TEMPLATE) as f:
+        tmpl = env.from_string(f.read())
+    return tmpl.render(version=ctx_version, target=target.name, kernels=kernels, ramdisk=ramdisk,
+                       configs=configs, default=configs[0]["name"], kernel_release=kernel_release,
+                       fit_arch=FIT_ARCH[target.arch])
+
+
+def gzip_deterministic(src, dest):
+    with open(src, "rb") as fin, open(dest, "wb") as raw:
+        with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=9) as gz:
+            shutil.copyfileobj(fin, gz, 1 << 20)
+
+
+def build_fit(ctx):
+    k = kernel.info(ctx)
+    work = ctx.path("fit")
+    os.makedirs(work, exist_ok=True)
+    kernel_gz = os.path.join(work, "Image.gz")
+    gzip_deterministic(k["vmlinuz"], kernel_gz)
+    dtb_dir = os.path.join(k["dtbs"], "broadcom")
+    its = render_its(ctx.version, ctx.target, k["release"], kernel_gz, ctx.path("initramfs.cpio.zst"), dtb_dir)
+    with open(os.path.join(work, "migos.its"), "w") as f:
+        f.write(its)
+    out = ctx.path("migos.itb")
+    # SOURCE_DATE_EPOCH fixes the FIT's timestamp property
+    run("mkimage", "-f", os.path.join(work, "migos.its"), out + ".tmp",
+        env={"SOURCE_DATE_EPOCH": str(ctx.source_date_epoch)}, log_file=ctx.path("fit.log"))
+    os.replace(out + ".tmp", out)
+
+
+def tasks(ctx):
+    yield {
+        "name": "fit",
+        "doc": "kernel + initramfs + dtbs into the FIT image migos.itb (sha256 hashes)",
+        "actions": [(build_fit, [ctx])],
+        "file_dep": [TEMPLATE, __file__, ctx.path("kernel.json"), ctx.path("initramfs.cpio.zst")],
+        "targets": [ctx.path("migos.itb")],
+        "clean": True,
+    }

@@ -1,0 +1,99 @@
+"""initramfs: pack the pruned root, the modules and the MIGOS overlay into one newc cpio.
+
+Reproducible by construction: entries sorted by path, owner 0:0, every mtime clamped
+to SOURCE_DATE_EPOCH, hard links stored as separate files, device nodes created in the
+archive (``/dev/console`` so /init has a console before devtmpfs). Later trees win over
+earlier ones for the same path (overlay over modules over pruned root).
+``entries`` is pure (a merged, sorted plan); ``write_cpio`` streams it through libarchive
+(newc + zstd).
+"""
+
+import os
+import stat
+
+import libarchive
+from libarchive.entry import FileType
+
+DEVICES = (("dev/console", 0o600, 5, 1), ("dev/null", 0o666, 1, 3))
+ZSTD_LEVEL = 19
+
+
+def entries(trees):
+    """{relpath: (tree, lstat)} merged over ``trees`` (later wins), as a sorted list. Pure but for lstat."""
+    merged = {}
+    for tree in trees:
+        for d, dirs, names in os.walk(tree):
+            dirs.sort()
+            for n in dirs + sorted(names):
+                p = os.path.join(d, n)
+                merged[os.path.relpath(p, tree)] = (tree, os.lstat(p))
+    return sorted(merged.items())
+
+
+def _parents(rel):
+    parts = rel.split("/")[:-1]
+    return ["/".join(parts[:i + 1]) for i in range(len(parts))]
+
+
+def write_cpio(path, trees, epoch, level=ZSTD_LEVEL):
+    plan = entries(trees)
+    known = {rel for rel, _ in plan}
+    tmp = path + ".tmp"
+    total = 0
+    with libarchive.file_writer(tmp, "cpio_newc", "zstd",
+                                options="zstd:compression-level=%d" % level) as archive:
+        common = dict(uid=0, gid=0, mtime=None)
+        extra = []
+        for rel, _, _, _ in DEVICES:
+            for parent in _parents(rel):
+                if parent not in known:
+                    extra.append(parent)
+        items = [(rel, None) for rel in sorted(set(extra))] + plan
+        for rel, info in sorted(items, key=lambda x: x[0]):
+            if info is None:
+                archive.add_file_from_memory(rel, 0, b"", filetype=FileType.DIRECTORY, permission=0o755,
+                                             uid=0, gid=0, mtime=epoch)
+                continue
+            tree, st = info
+            full = os.path.join(tree, rel)
+            mtime = min(int(st.st_mtime), epoch)
+            perm = stat.S_IMODE(st.st_mode)
+            if stat.S_ISDIR(st.st_mode):
+                archive.add_file_from_memory(rel, 0, b"", filetype=FileType.DIRECTORY, permission=perm,
+                                             uid=0, gid=0, mtime=mtime)
+            elif stat.S_ISLNK(st.st_mode):
+                target = os.readlink(full)
+                archive.add_file_from_memory(rel, 0, b"", filetype=FileType.SYMBOLIC_LINK,
+                                             permission=0o777, uid=0, gid=0, mtime=mtime, linkpath=target)
+            elif stat.S_ISREG(st.st_mode):
+                with open(full, "rb") as f:
+                    data = f.read()
+                total += len(data)
+                archive.add_file_from_memory(rel, len(data), data, permission=perm, uid=0, gid=0,
+                                             mtime=mtime)
+            # sockets, fifos and device nodes from the trees are not carried over
+        for rel, perm, major, minor in DEVICES:
+            if rel not in known:
+                archive.add_file_from_memory(rel, 0, b"", filetype=FileType.CHARACTER_DEVICE,
+                                             permission=perm, uid=0, gid=0, mtime=epoch,
+                                             rdevmajor=major, rdevminor=minor)
+    os.replace(tmp, path)
+    return total
+
+
+def build_initramfs(ctx):
+    trees = [ctx.path("pruned"), ctx.path("modules"), ctx.path("overlay")]
+    size = write_cpio(ctx.path("initramfs.cpio.zst"), trees, ctx.source_date_epoch)
+    with open(ctx.path("initramfs.size"), "w") as f:
+        f.write("%d\n" % size)
+
+
+def tasks(ctx):
+    yield {
+        "name": "initramfs",
+        "doc": "pack root + modules + MIGOS overlay into a reproducible newc cpio (zstd)",
+        "actions": [(build_initramfs, [ctx])],
+        "file_dep": [ctx.path("pruned.list"), ctx.path("modules.list"), ctx.path("overlay.stamp"), __file__],
+        "targets": [ctx.path("initramfs.cpio.zst"), ctx.path("initramfs.size")],
+        "clean": True,
+    }

@@ -1,0 +1,115 @@
+"""modules: the kernel modules MIGOS needs (the target's list) and everything they depend on.
+
+Dependencies come from the kernel's own modules.dep (made with the host's ``depmod -b``
+on the unpacked tree); modules built into the kernel (modules.builtin) need no file.
+``plan`` is pure and unit-tested; ``build_modules`` copies the files and runs depmod on
+the selection so busybox ``modprobe`` works in the image.
+"""
+
+import os
+import shutil
+
+from . import kernel
+from .tools import BuildError, run
+
+
+def canonical(name):
+    """Module names treat '-' and '_' alike; strip directory and .ko(.xz|.zst|.gz)."""
+    base = os.path.basename(name)
+    for ext in (".xz", ".zst", ".gz"):
+        if base.endswith(ext):
+            base = base[:-len(ext)]
+    if base.endswith(".ko"):
+        base = base[:-3]
+    return base.replace("-", "_")
+
+
+def parse_modules_dep(text):
+    """modules.dep text -> {canonical name: (relpath, [relpath of dependencies])}."""
+    table = {}
+    for line in text.splitlines():
+        if ":" not in line:
+            continue
+        path, deps = line.split(":", 1)
+        table[canonical(path)] = (path.strip(), deps.split())
+    return table
+
+
+def plan(wanted, modules_dep, builtin):
+    """Relative paths of the .ko files to ship for ``wanted`` module names (sorted).
+
+    Raises BuildError naming a module that is neither a file nor built in.
+    """
+    table = parse_modules_dep(modules_dep)
+    by_path = {path: name for name, (path, _) in table.items()}
+    builtins = {canonical(line) for line in builtin.splitlines() if line.strip()}
+    chosen = set()
+    unknown = []
+    for name in wanted:
+        key = canonical(name)
+        if key in builtins:
+            continue
+        if key not in table:
+            unknown.append(name)
+            continue
+        path, deps = table[key]
+        chosen.add(path)
+        chosen.update(deps)
+    if unknown:
+        raise BuildError("kernel module%s %s not found in modules.dep or modules.builtin; fix the "
+                         "target's modules list" % ("s" if len(unknown) > 1 else "", ", ".join(unknown)))
+    # modules.dep lists the whole closure on each line, but be exact anyway
+    todo = list(chosen)
+    while todo:
+        path = todo.pop()
+        deps = table[by_path[path]][1] if path in by_path else []
+        for d in deps:
+            if d not in chosen:
+                chosen.add(d)
+                todo.append(d)
+    return sorted(chosen)
+
+
+def build_modules(ctx):
+    info = kernel.info(ctx)
+    release, src = info["release"], info["modules"]
+    suffix = os.path.join("lib", "modules", release)
+    if not src.endswith(suffix):
+        raise BuildError("unexpected module directory %s" % src)
+    run("depmod", "-b", src[:-len(suffix)], release)
+    with open(os.path.join(src, "modules.dep")) as f:
+        dep = f.read()
+    with open(os.path.join(src, "modules.builtin")) as f:
+        builtin = f.read()
+    chosen = plan(ctx.target.modules, dep, builtin)
+    out = ctx.path("modules")
+    if os.path.exists(out):
+        shutil.rmtree(out)
+    dest = os.path.join(out, "usr", "lib", "modules", release)
+    os.makedirs(dest)
+    for rel in chosen:
+        os.makedirs(os.path.join(dest, os.path.dirname(rel)), exist_ok=True)
+        shutil.copy2(os.path.join(src, rel), os.path.join(dest, rel))
+    for meta in ("modules.builtin", "modules.builtin.modinfo", "modules.order"):
+        if os.path.exists(os.path.join(src, meta)):
+            shutil.copy2(os.path.join(src, meta), os.path.join(dest, meta))
+    run("depmod", "-b", os.path.join(out, "usr"), release)
+    with open(ctx.path("modules.list"), "w") as f:
+        f.write("\n".join(chosen) + "\n")
+
+
+def tasks(ctx):
+    yield {
+        "name": "modules",
+        "doc": "select the kernel modules the Pi and qemu need (dependencies from modules.dep)",
+        "actions": [(build_modules, [ctx])],
+        "file_dep": [ctx.path("kernel.json"), __file__],
+        "targets": [ctx.path("modules.list")],
+        "uptodate": [_config(ctx)],
+        "clean": True,
+    }
+
+
+def _config(ctx):
+    from doit.tools import config_changed
+    return config_changed({"modules": ctx.target.modules})

@@ -1,0 +1,73 @@
+"""overlay: the MIGOS files that go into the image on top of the Debian root.
+
+``/init`` (packages/init/init), the ``migos`` Python package (packages/migos/migos,
+without caches), ``/usr/sbin/migos``, ``/etc/migos-release`` (version, target) and
+``/usr/lib/migos/modules.load`` (the modules /init loads). Output: build/NAME/overlay/.
+"""
+
+import os
+import shutil
+
+from .target import REPO
+
+MIGOS_SRC = os.path.join(REPO, "packages", "migos", "migos")
+INIT_SRC = os.path.join(REPO, "packages", "init", "init")
+PY_DEST = "usr/lib/python3/dist-packages/migos"
+
+
+def source_files():
+    """Every file of the migos package that goes into the image (sorted, pure)."""
+    files = []
+    for d, dirs, names in os.walk(MIGOS_SRC):
+        dirs[:] = sorted(x for x in dirs if x != "__pycache__")
+        files += [os.path.join(d, n) for n in sorted(names) if n.endswith(".py")]
+    return files
+
+
+def release_text(ctx):
+    return "".join('%s="%s"\n' % kv for kv in (
+        ("MIGOS_VERSION", ctx.version), ("MIGOS_TARGET", ctx.target.name),
+        ("MIGOS_ARCH", ctx.target.arch), ("SOURCE_DATE_EPOCH", ctx.source_date_epoch)))
+
+
+def write(path, text, mode=0o644):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+    os.chmod(path, mode)
+
+
+def build_overlay(ctx):
+    out = ctx.path("overlay")
+    if os.path.exists(out):
+        shutil.rmtree(out)
+    os.makedirs(out)
+    shutil.copy(INIT_SRC, os.path.join(out, "init"))
+    os.chmod(os.path.join(out, "init"), 0o755)
+    for src in source_files():
+        dest = os.path.join(out, PY_DEST, os.path.relpath(src, MIGOS_SRC))
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        shutil.copy(src, dest)
+    write(os.path.join(out, "usr/sbin/migos"), '#!/bin/sh\nexec /usr/bin/python3 -m migos "$@"\n', 0o755)
+    write(os.path.join(out, "etc/migos-release"), release_text(ctx))
+    with open(ctx.path("modules.list")) as f:
+        names = [os.path.basename(p)[:-3] for p in f.read().split() if p.endswith(".ko")]
+    write(os.path.join(out, "usr/lib/migos/modules.load"), "\n".join(sorted(names)) + "\n")
+    write(ctx.path("overlay.stamp"), ctx.version + "\n")
+
+
+def tasks(ctx):
+    yield {
+        "name": "overlay",
+        "doc": "the MIGOS files (init, migos package, release) for the image",
+        "actions": [(build_overlay, [ctx])],
+        "file_dep": [INIT_SRC, __file__, ctx.path("modules.list")] + source_files(),
+        "targets": [ctx.path("overlay.stamp")],
+        "uptodate": [_config(ctx)],
+        "clean": True,
+    }
+
+
+def _config(ctx):
+    from doit.tools import config_changed
+    return config_changed(release_text(ctx))

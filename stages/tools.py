@@ -1,0 +1,77 @@
+"""The one place the build runs external programs (through ``sh``).
+
+Every call is logged to the build log; a failure raises :class:`BuildError` with
+one line naming the program, its exit code and its last line of error output. A
+missing program names the Debian package that provides it.
+"""
+
+import logging
+import os
+import shutil
+
+import sh
+
+log = logging.getLogger("migos.build")
+
+# program -> Debian package that ships it (README's install command installs them all)
+HOST_TOOLS = {
+    "apt-get": "apt", "dpkg-deb": "dpkg", "dpkg-source": "dpkg-dev", "tar": "tar",
+    "proot": "proot", "qemu-aarch64-static": "qemu-user-static",
+    "qemu-arm-static": "qemu-user-static", "mkimage": "u-boot-tools",
+    "depmod": "kmod", "zstd": "zstd", "make": "make", "aarch64-linux-gnu-gcc": "gcc-aarch64-linux-gnu",
+    "arm-linux-gnueabihf-gcc": "gcc-arm-linux-gnueabihf", "bison": "bison", "flex": "flex",
+    "bc": "bc", "gpgv": "gpgv", "dtc": "device-tree-compiler",
+}
+
+
+class BuildError(Exception):
+    """A build step failed; ``str()`` is one line for the user."""
+
+
+def require(*programs):
+    missing = [p for p in programs if shutil.which(p) is None]
+    if missing:
+        pkgs = sorted({HOST_TOOLS.get(p, p) for p in missing})
+        raise BuildError("missing host tool%s %s; install with: apt-get install %s" % (
+            "s" if len(missing) > 1 else "", ", ".join(missing), " ".join(pkgs)))
+
+
+def run(program, *args, env=None, cwd=None, input=None, quiet=False, log_file=None):
+    """Run ``program args…``; return its stdout as text. Raise BuildError on failure."""
+    require(program)
+    argv = [str(a) for a in args]
+    log.info("run: %s %s", program, " ".join(argv))
+    full_env = dict(os.environ)
+    if env:
+        full_env.update(env)
+    kwargs = dict(_env=full_env, _cwd=cwd, _err_to_out=False, _tty_out=False)
+    if input is not None:
+        kwargs["_in"] = input
+    try:
+        out = sh.Command(program)(*argv, **kwargs)
+    except sh.ErrorReturnCode as e:
+        err = (e.stderr or e.stdout or b"").decode(errors="replace").strip().splitlines()
+        if log_file:
+            with open(log_file, "ab") as f:
+                f.write(e.stdout or b"")
+                f.write(e.stderr or b"")
+        tail = err[-1] if err else "no output"
+        raise BuildError("%s failed (exit %d): %s" % (program, e.exit_code, tail)) from None
+    text = str(out)
+    if log_file:
+        with open(log_file, "a") as f:
+            f.write(text)
+    if not quiet:
+        log.debug(text)
+    return text
+
+
+def pipe_to_tar(deb, dest):
+    """Unpack a .deb's data into ``dest``, keeping merged-/usr directory symlinks."""
+    require("dpkg-deb", "tar")
+    try:
+        sh.tar(sh.Command("dpkg-deb")("--fsys-tarfile", str(deb), _piped=True),
+               "-x", "--keep-directory-symlink", "-C", str(dest))
+    except sh.ErrorReturnCode as e:
+        err = (e.stderr or b"").decode(errors="replace").strip().splitlines()
+        raise BuildError("unpacking %s failed: %s" % (os.path.basename(str(deb)), err[-1] if err else "")) from None

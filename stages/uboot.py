@@ -1,0 +1,95 @@
+"""uboot: U-Boot for the Raspberry Pi, built from Debian's own ``u-boot`` source package.
+
+Debian's prebuilt u-boot-rpi has FIT support off (it refuses any FIT), so MIGOS builds
+the same source with the target's defconfig plus ``boot/uboot.config`` (FIT, FIT
+signatures, verbose FIT messages, FAT, a boot command that runs boot.scr). The source
+comes through apt (deb-src of the same signed archive, hashes checked) and is cached
+under build/cache/; the build is reproducible (SOURCE_DATE_EPOCH, prefix-mapped paths).
+Output: build/NAME/uboot/u-boot.bin.
+"""
+
+import glob
+import os
+import shutil
+
+from . import fetch
+from .target import REPO
+from .tools import BuildError, run
+
+FRAGMENT = os.path.join(REPO, "boot", "uboot.config")
+
+
+def fragment_lines():
+    with open(FRAGMENT) as f:
+        return [l.strip() for l in f if l.strip() and not l.startswith("#")]
+
+
+def build_uboot(ctx):
+    t = ctx.target
+    if not t.uboot_defconfig:
+        raise BuildError("target %s has no uboot_defconfig" % t.name)
+    cache = os.path.join(ctx.cache, "u-boot-src")
+    os.makedirs(cache, exist_ok=True)
+    dirs = fetch.apt_dirs(ctx)
+    src_apt = dict(dirs, base=ctx.path("apt-src"), conf=ctx.path("apt-src", "apt.conf"),
+                   sources=ctx.path("apt-src", "sources.list"), status=ctx.path("apt-src", "status"),
+                   lists=os.path.join(ctx.cache, "lists-src"))
+    for d in (os.path.join(src_apt["lists"], "partial"), os.path.join(src_apt["base"], "cache"),
+              os.path.join(src_apt["base"], "state")):
+        os.makedirs(d, exist_ok=True)
+    with open(src_apt["conf"], "w") as f:
+        f.write(fetch.apt_config(t, src_apt))
+    with open(src_apt["sources"], "w") as f:
+        f.write(fetch.sources_list(t, deb_src=True))
+    open(src_apt["status"], "w").close()
+    fetch.update(ctx, src_apt)
+    run("apt-get", "-q", "source", "--download-only", "u-boot", cwd=cache,
+        env={"APT_CONFIG": src_apt["conf"], "LC_ALL": "C"}, log_file=ctx.path("uboot.log"))
+    dscs = sorted(glob.glob(os.path.join(cache, "u-boot_*.dsc")))
+    if not dscs:
+        raise BuildError("apt-get source u-boot left no .dsc in %s" % cache)
+    dsc = dscs[-1]
+    work = ctx.path("uboot")
+    if os.path.exists(work):
+        shutil.rmtree(work)
+    os.makedirs(work)
+    src = os.path.join(work, "src")
+    run("dpkg-source", "--no-check", "-x", dsc, src, log_file=ctx.path("uboot.log"))
+    out = os.path.join(work, "out")
+    make = ["-C", src, "O=" + out, "CROSS_COMPILE=" + t.uboot_cross, "-j%d" % (os.cpu_count() or 2),
+            "KCFLAGS=-ffile-prefix-map=%s=. -ffile-prefix-map=%s=." % (src, out)]
+    env = {"SOURCE_DATE_EPOCH": str(ctx.source_date_epoch), "LC_ALL": "C", "TZ": "UTC"}
+    run("make", *make, t.uboot_defconfig, env=env, log_file=ctx.path("uboot.log"))
+    with open(os.path.join(out, ".config"), "a") as f:
+        f.write("\n".join(fragment_lines()) + "\n")
+    run("make", *make, "olddefconfig", env=env, log_file=ctx.path("uboot.log"))
+    config = open(os.path.join(out, ".config")).read().splitlines()
+    for line in fragment_lines():
+        if line.endswith("=y") and line not in config:
+            raise BuildError("U-Boot option %s did not stick (a dependency is off); fix boot/uboot.config"
+                             % line)
+    run("make", *make, "u-boot.bin", env=env, log_file=ctx.path("uboot.log"))
+    shutil.copy(os.path.join(out, "u-boot.bin"), os.path.join(work, "u-boot.bin"))
+    with open(os.path.join(work, "source.txt"), "w") as f:
+        f.write(os.path.basename(dsc) + "\n")
+    shutil.rmtree(src)
+    shutil.rmtree(out)
+
+
+def tasks(ctx):
+    yield {
+        "name": "uboot",
+        "doc": "build U-Boot for the Pi from Debian's u-boot source with FIT verification",
+        "actions": [(build_uboot, [ctx])],
+        "file_dep": [FRAGMENT, __file__],
+        "targets": [ctx.path("uboot", "u-boot.bin")],
+        "uptodate": [_config(ctx)],
+        "clean": [(shutil.rmtree, [ctx.path("uboot"), True])],
+    }
+
+
+def _config(ctx):
+    from doit.tools import config_changed
+    t = ctx.target
+    return config_changed({"defconfig": t.uboot_defconfig, "cross": t.uboot_cross,
+                           "archives": [a.__dict__ for a in t.archives]})
