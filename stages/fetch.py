@@ -119,7 +119,7 @@ def deb_filename(name, version, arch):
 
 def select_extract(resolved, wanted, kernel_flavour):
     """From the resolved extract set keep the named packages and the kernel they point at (pure)."""
-    kernel = re.compile(r"^linux-image-\d.*-%s$" % re.escape(kernel_flavour))
+    kernel = re.compile(r"^linux-image-\d+\.\d+\.\d+-\d+-%s$" % re.escape(kernel_flavour))
     return [p for p in resolved if p[0] in wanted or kernel.match(p[0])]
 
 

@@ -36,49 +36,47 @@ def _parents(rel):
 
 
 def write_cpio(path, trees, epoch, level=ZSTD_LEVEL):
-    plan = entries(trees)
-    known = {rel for rel, _ in plan}
+    plan = dict(entries(trees))
+    for rel, perm, major, minor in DEVICES:
+        for parent in _parents(rel):
+            plan.setdefault(parent, None)          # a directory made for the device node
+        plan.setdefault(rel, (perm, major, minor))
     tmp = path + ".tmp"
     total = 0
     with libarchive.file_writer(tmp, "cpio_newc", "zstd",
                                 options="zstd:compression-level=%d" % level) as archive:
-        common = dict(uid=0, gid=0, mtime=None)
-        extra = []
-        for rel, _, _, _ in DEVICES:
-            for parent in _parents(rel):
-                if parent not in known:
-                    extra.append(parent)
-        items = [(rel, None) for rel in sorted(set(extra))] + plan
-        for rel, info in sorted(items, key=lambda x: x[0]):
+        for rel in sorted(plan):
+            info = plan[rel]
             if info is None:
                 archive.add_file_from_memory(rel, 0, b"", filetype=FileType.DIRECTORY, permission=0o755,
                                              uid=0, gid=0, mtime=epoch)
-                continue
-            tree, st = info
-            full = os.path.join(tree, rel)
-            mtime = min(int(st.st_mtime), epoch)
-            perm = stat.S_IMODE(st.st_mode)
-            if stat.S_ISDIR(st.st_mode):
-                archive.add_file_from_memory(rel, 0, b"", filetype=FileType.DIRECTORY, permission=perm,
-                                             uid=0, gid=0, mtime=mtime)
-            elif stat.S_ISLNK(st.st_mode):
-                target = os.readlink(full)
-                archive.add_file_from_memory(rel, 0, b"", filetype=FileType.SYMBOLIC_LINK,
-                                             permission=0o777, uid=0, gid=0, mtime=mtime, linkpath=target)
-            elif stat.S_ISREG(st.st_mode):
-                with open(full, "rb") as f:
-                    data = f.read()
-                total += len(data)
-                archive.add_file_from_memory(rel, len(data), data, permission=perm, uid=0, gid=0,
-                                             mtime=mtime)
-            # sockets, fifos and device nodes from the trees are not carried over
-        for rel, perm, major, minor in DEVICES:
-            if rel not in known:
-                archive.add_file_from_memory(rel, 0, b"", filetype=FileType.CHARACTER_DEVICE,
-                                             permission=perm, uid=0, gid=0, mtime=epoch,
-                                             rdevmajor=major, rdevminor=minor)
+            elif isinstance(info[1], int):         # a device node (perm, major, minor)
+                archive.add_file_from_memory(rel, 0, b"", filetype=FileType.CHAR_DEVICE, permission=info[0],
+                                             uid=0, gid=0, mtime=epoch, rdevmajor=info[1], rdevminor=info[2])
+            else:
+                total += _add(archive, rel, info[0], info[1], epoch)
     os.replace(tmp, path)
     return total
+
+
+def _add(archive, rel, tree, st, epoch):
+    """Add one file, directory or symlink from a tree; return the bytes of file data added."""
+    full = os.path.join(tree, rel)
+    mtime = min(int(st.st_mtime), epoch)
+    perm = stat.S_IMODE(st.st_mode)
+    if stat.S_ISDIR(st.st_mode):
+        archive.add_file_from_memory(rel, 0, b"", filetype=FileType.DIRECTORY, permission=perm,
+                                     uid=0, gid=0, mtime=mtime)
+    elif stat.S_ISLNK(st.st_mode):
+        archive.add_file_from_memory(rel, 0, b"", filetype=FileType.SYMBOLINK_LINK, permission=0o777,
+                                     uid=0, gid=0, mtime=mtime, linkpath=os.readlink(full))
+    elif stat.S_ISREG(st.st_mode):
+        with open(full, "rb") as f:
+            data = f.read()
+        archive.add_file_from_memory(rel, len(data), data, permission=perm, uid=0, gid=0, mtime=mtime)
+        return len(data)
+    # sockets, fifos and device nodes in the trees are not carried over
+    return 0
 
 
 def build_initramfs(ctx):

@@ -8,6 +8,7 @@ pruning removed (or that was never there).
 """
 
 import fnmatch
+import glob
 import json
 import os
 import shutil
@@ -45,18 +46,13 @@ KEEP = ("etc/ld.so.cache", "etc/ld.so.conf", "etc/ld.so.conf.d/*")
 
 def owned_files(root, package):
     """Files dpkg lists for ``package`` in ``root`` (relative paths)."""
-    for name in (package, package + ":" + _arch(root)):
-        lst = os.path.join(root, "var/lib/dpkg/info", name + ".list")
+    info = os.path.join(root, "var/lib/dpkg/info")
+    for lst in [os.path.join(info, package + ".list")] + sorted(glob.glob(os.path.join(info, package + ":*.list"))):
         if os.path.exists(lst):
             with open(lst) as f:
                 return [line.strip().lstrip("/") for line in f if line.strip() not in ("", "/.")]
     raise BuildError("build-only package %s is not installed in the root; fix the target's build_only list"
                      % package)
-
-
-def _arch(root):
-    with open(os.path.join(root, "var/lib/dpkg/arch")) as f:
-        return f.readline().strip()
 
 
 def plan(files, build_only_files, keep_owned_by_others=()):

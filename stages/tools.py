@@ -24,12 +24,20 @@ HOST_TOOLS = {
 }
 
 
+# Programs in sbin (depmod, mkfs.vfat, sfdisk) are found even when PATH lacks it.
+SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/local/sbin", "/usr/sbin", "/sbin"])
+
+
+def which(program):
+    return shutil.which(program, path=SEARCH_PATH)
+
+
 class BuildError(Exception):
     """A build step failed; ``str()`` is one line for the user."""
 
 
 def require(*programs):
-    missing = [p for p in programs if shutil.which(p) is None]
+    missing = [p for p in programs if which(p) is None]
     if missing:
         pkgs = sorted({HOST_TOOLS.get(p, p) for p in missing})
         raise BuildError("missing host tool%s %s; install with: apt-get install %s" % (
@@ -48,7 +56,7 @@ def run(program, *args, env=None, cwd=None, input=None, quiet=False, log_file=No
     if input is not None:
         kwargs["_in"] = input
     try:
-        out = sh.Command(program)(*argv, **kwargs)
+        out = sh.Command(which(program))(*argv, **kwargs)
     except sh.ErrorReturnCode as e:
         err = (e.stderr or e.stdout or b"").decode(errors="replace").strip().splitlines()
         if log_file:
@@ -69,9 +77,12 @@ def run(program, *args, env=None, cwd=None, input=None, quiet=False, log_file=No
 def pipe_to_tar(deb, dest):
     """Unpack a .deb's data into ``dest``, keeping merged-/usr directory symlinks."""
     require("dpkg-deb", "tar")
-    try:
-        sh.tar(sh.Command("dpkg-deb")("--fsys-tarfile", str(deb), _piped=True),
-               "-x", "--keep-directory-symlink", "-C", str(dest))
-    except sh.ErrorReturnCode as e:
-        err = (e.stderr or b"").decode(errors="replace").strip().splitlines()
-        raise BuildError("unpacking %s failed: %s" % (os.path.basename(str(deb)), err[-1] if err else "")) from None
+    import tempfile
+    with tempfile.NamedTemporaryFile(suffix=".tar") as tmp:
+        try:
+            sh.Command(which("dpkg-deb"))("--fsys-tarfile", str(deb), _out=tmp.name)
+            sh.Command(which("tar"))("-x", "--keep-directory-symlink", "-f", tmp.name, "-C", str(dest))
+        except sh.ErrorReturnCode as e:
+            err = (e.stderr or b"").decode(errors="replace").strip().splitlines()
+            raise BuildError("unpacking %s failed: %s" % (os.path.basename(str(deb)),
+                                                          err[-1] if err else "no output")) from None

@@ -1,0 +1,136 @@
+"""Run qemu on the built artefacts and read its serial console (system-test helper).
+
+``Machine`` starts qemu with the console on a pipe, collects every line, and lets a test
+wait for a line (``expect``) with a deadline. Disk images are made without root: sfdisk
+on a file, mkfs.vfat at the partition's offset, mtools to copy the boot tree in.
+"""
+
+import os
+import queue
+import re
+import shutil
+import subprocess
+import threading
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DIST = os.path.join(REPO, "dist", "debian-arm64")
+UBOOT_QEMU = "/usr/lib/u-boot/qemu_arm64/u-boot.bin"
+
+
+class Machine:
+    def __init__(self, argv, log_path):
+        self.argv = argv
+        self.log = open(log_path, "w")
+        self.lines = []
+        self.q = queue.Queue()
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT)
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self):
+        buf = b""
+        while True:
+            chunk = self.proc.stdout.read1(4096) if hasattr(self.proc.stdout, "read1") else self.proc.stdout.read(1)
+            if not chunk:
+                break
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                text = line.decode(errors="replace").rstrip("\r")
+                self.log.write(text + "\n")
+                self.log.flush()
+                self.lines.append(text)
+                self.q.put(text)
+        if buf:
+            self.lines.append(buf.decode(errors="replace"))
+        self.q.put(None)
+
+    def expect(self, pattern, timeout):
+        """Wait for a console line matching ``pattern``; return the match or raise AssertionError."""
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError("no line matching %r within %ss; last lines:\n%s" % (
+                    pattern, timeout, "\n".join(self.lines[-25:])))
+            try:
+                line = self.q.get(timeout=left)
+            except queue.Empty:
+                continue
+            if line is None:
+                raise AssertionError("qemu exited (rc=%s) before a line matched %r; last lines:\n%s" % (
+                    self.proc.poll(), pattern, "\n".join(self.lines[-25:])))
+            m = rx.search(line)
+            if m:
+                return m
+
+    def wait_exit(self, timeout):
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("qemu still running after %ss; last lines:\n%s" % (
+                timeout, "\n".join(self.lines[-15:])))
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+def qemu_virt(kernel=None, initrd=None, append=None, bios=None, disk=None, extra=(), mem=1024):
+    argv = ["qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a53", "-m", str(mem), "-nographic",
+            "-no-reboot", "-monitor", "none", "-serial", "stdio", "-nic", "none"]
+    if bios:
+        argv += ["-bios", bios]
+    if kernel:
+        argv += ["-kernel", kernel]
+    if initrd:
+        argv += ["-initrd", initrd]
+    if append:
+        argv += ["-append", append]
+    if disk:
+        argv += ["-drive", "if=none,format=raw,id=d0,file=%s" % disk, "-device", "virtio-blk-device,drive=d0"]
+    return argv + list(extra)
+
+
+def qemu_raspi3b(uboot, dtb, sd, append):
+    # U-Boot talks on the mini UART = qemu's second serial; Linux's console is given by append
+    return ["qemu-system-aarch64", "-M", "raspi3b", "-accel", "tcg,thread=single", "-m", "1024",
+            "-nographic", "-no-reboot", "-monitor", "none", "-serial", "null", "-serial", "stdio",
+            "-kernel", uboot, "-dtb", dtb, "-append", append,
+            "-drive", "if=sd,format=raw,file=%s" % sd]
+
+
+def make_boot_disk(path, tree, size_mib=128, part_start_mib=4, extra_files=None):
+    """An MBR disk image with one FAT32 partition holding ``tree`` (no root needed)."""
+    with open(path, "wb") as f:
+        f.truncate(size_mib << 20)
+    subprocess.run(["sfdisk", "-q", path], input="label: dos\nstart=%dMiB, type=c, bootable\n" % part_start_mib,
+                   text=True, check=True)
+    offset = part_start_mib << 20
+    sectors = ((size_mib - part_start_mib) << 20) // 512
+    subprocess.run(["mkfs.vfat", "-F", "32", "-n", "BOOT", "--offset=%d" % (offset // 512), path,
+                    str(sectors // 2)], check=True, capture_output=True)
+    img = "%s@@%d" % (path, offset)
+    for name in sorted(os.listdir(tree)):
+        subprocess.run(["mcopy", "-s", "-i", img, os.path.join(tree, name), "::"], check=True)
+    for dest, data in (extra_files or {}).items():
+        tmp = path + ".tmpfile"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        subprocess.run(["mcopy", "-o", "-i", img, tmp, "::" + dest], check=True)
+        os.unlink(tmp)
+    return img
+
+
+def require_dist():
+    import pytest
+    if not os.path.exists(os.path.join(DIST, "SHA256SUMS")):
+        pytest.fail("dist/debian-arm64 is not built; run `doit build` first")
+    for tool in ("qemu-system-aarch64", "sfdisk", "mkfs.vfat", "mcopy"):
+        if not shutil.which(tool):
+            pytest.fail("%s is not installed (see README's setup command)" % tool)
