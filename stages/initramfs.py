@@ -8,11 +8,13 @@ earlier ones for the same path (overlay over modules over pruned root).
 (newc + zstd).
 """
 
+import ctypes
 import os
 import stat
 
 import libarchive
-from libarchive.entry import FileType
+from libarchive import ffi
+from libarchive.entry import ArchiveEntry, FileType
 
 DEVICES = (("dev/console", 0o600, 5, 1), ("dev/null", 0o666, 1, 3))
 ZSTD_LEVEL = 19
@@ -68,8 +70,7 @@ def _add(archive, rel, tree, st, epoch):
         archive.add_file_from_memory(rel, 0, b"", filetype=FileType.DIRECTORY, permission=perm,
                                      uid=0, gid=0, mtime=mtime)
     elif stat.S_ISLNK(st.st_mode):
-        archive.add_file_from_memory(rel, 0, b"", filetype=FileType.SYMBOLINK_LINK, permission=0o777,
-                                     uid=0, gid=0, mtime=mtime, linkpath=os.readlink(full))
+        _add_symlink(archive, rel, os.readlink(full), mtime)
     elif stat.S_ISREG(st.st_mode):
         with open(full, "rb") as f:
             data = f.read()
@@ -77,6 +78,18 @@ def _add(archive, rel, tree, st, epoch):
         return len(data)
     # sockets, fifos and device nodes in the trees are not carried over
     return 0
+
+
+def _add_symlink(archive, rel, target, mtime):
+    """libarchive-c's ``linkpath`` sets a hard link on a fresh entry; set the symlink directly."""
+    entry = ArchiveEntry(pathname=rel, filetype=FileType.SYMBOLINK_LINK, perm=0o777, uid=0, gid=0,
+                         mtime=mtime, size=0)
+    copy_symlink = ffi.libarchive.archive_entry_copy_symlink
+    copy_symlink.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    copy_symlink.restype = None
+    copy_symlink(entry._entry_p, target.encode())
+    ffi.write_header(archive._pointer, entry._entry_p)
+    ffi.write_finish_entry(archive._pointer)
 
 
 def build_initramfs(ctx):

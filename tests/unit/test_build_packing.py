@@ -43,14 +43,17 @@ def test_cpio_is_reproducible_sorted_owned_by_root_and_has_console(tmp_path):
     with libarchive.file_reader(out1) as arc:
         for e in arc:
             data = b"".join(e.get_blocks()) if e.isfile else None
-            entries.append((e.pathname, e.uid, e.gid, e.mtime, e.isdir, e.issym, e.ischr, data))
+            entries.append((e.pathname, e.uid, e.gid, e.mtime, e.isdir, e.issym, e.ischr, data, e.linkpath))
     names = [e[0] for e in entries]
     assert names == sorted(names)
     assert all(e[1] == 0 and e[2] == 0 for e in entries)
     assert all(e[3] <= 1_000_000_000 for e in entries)
     by = {e[0]: e for e in entries}
     assert by["etc/f"][7] == b"overlay wins"
-    assert by["bin"][5]
+    assert by["bin"][5] and by["bin"][8] == "usr/bin"
+    # and the Linux tool reads the same archive the same way
+    listing = subprocess.run("zstd -dc %s | cpio -tv" % out1, shell=True, capture_output=True, text=True).stdout
+    assert any(l.startswith("l") and l.endswith("bin -> usr/bin") for l in listing.splitlines())
     assert by["dev/console"][6]
 
 
