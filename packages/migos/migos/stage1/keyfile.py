@@ -85,7 +85,9 @@ class Connection:
 
 
 def ssid_display(ssid):
-    return ssid.decode("utf-8", "replace")
+    """An SSID as text for ids and reports: UTF-8 where it is, control characters as '?'."""
+    text = ssid.decode("utf-8", "replace")
+    return "".join("?" if ord(ch) < 0x20 or ord(ch) == 0x7f else ch for ch in text)
 
 
 # --- GKeyFile escaping --------------------------------------------------------------
