@@ -212,16 +212,16 @@ def init(args, takeover=False):
     image = image_source(args, cfg, slug)
     log.info("image: %s" % json.dumps(image, sort_keys=True))
     files = runtime_files(args, ctx, image, slug)
-    if takeover and not args.pretend:
-        bdir = os.path.join(workdir, "migos-backup-" + datetime.datetime.now(
-            datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ"))
-        backupmod.write(ctx, bdir)
     summary = ("board %s, %s -> balenaOS %s for %s; %d network connection(s); image %s"
                % (ctx.board.name if ctx.board else "?", ctx.os["name"],
                   image.get("version") or "", slug, len(ctx.network.connections),
                   image.get("path") or image.get("url") or "from the balena API"))
     if takeover:
         acknowledge(args, summary)
+        if not args.pretend:
+            bdir = os.path.join(workdir, "migos-backup-" + datetime.datetime.now(
+                datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ"))
+            backupmod.write(ctx, bdir)
     actions = bootinst.install(ctx.boot, tar, files, pretend=args.pretend)
     data = {"pretend": args.pretend, "boot": ctx.boot, "image": image, "device_type": slug,
             "actions": [list(a) for a in actions], "checks": report.to_dict()["checks"],
