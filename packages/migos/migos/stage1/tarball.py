@@ -60,7 +60,8 @@ class BootTarball:
 
     @property
     def migos_config(self):
-        return self.files["config.txt"].decode("utf-8", "replace")
+        data = self.files["config.txt"]
+        return data.decode("utf-8", "replace")
 
     def install_files(self):
         """Files init puts on the old boot partition (not firmware, config.txt, cmdline.txt)."""
@@ -101,7 +102,8 @@ def load(path, check_sums=True):
     if missing:
         raise UsageError("%s lacks %s" % (path, ", ".join(missing)),
                          "use a tarball from a MIGOS build")
-    cfg = files["config.txt"].decode("utf-8", "replace")
+    cfg_bytes = files["config.txt"]
+    cfg = cfg_bytes.decode("utf-8", "replace")
     if not re.search(r"^\s*os_prefix=migos/\s*$", cfg, re.M):
         raise UsageError("%s: config.txt does not set os_prefix=migos/" % path,
                          "use a tarball from a MIGOS build")
