@@ -108,7 +108,10 @@ def write_new(boot, rel, data, mode=None):
         os.close(fd)
     os.rename(tmp, path)
     if mode is not None:
-        os.chmod(path, mode)
+        try:
+            os.chmod(path, mode)
+        except OSError:
+            pass        # FAT keeps no modes (vfat may refuse); balenaOS sets 0600 when copying
     _fsync_dir(os.path.dirname(path))
     if _sha(read_back(path)) != _sha(data):
         raise MigosError("%s reads back different from what was written" % rel,
@@ -156,18 +159,22 @@ def inert_block(old, migos_config):
 
 
 def flip(path, offset, expect, new):
-    """Overwrite ``expect`` at ``offset`` with ``new`` (same length) in place; fsync."""
+    """Overwrite ``expect`` at ``offset`` with ``new`` (same length) in place; fsync.
+
+    The file is opened write-only without O_TRUNC (some FAT drivers refuse O_RDWR)."""
     assert len(expect) == len(new)
-    fd = os.open(path, os.O_RDWR)
+    with open(path, "rb") as f:
+        f.seek(offset)
+        cur = f.read(len(expect))
+    if cur == new:
+        return False
+    if cur != expect:
+        raise BootStateError("config.txt holds %r at byte %d where MIGOS expects %r"
+                             % (cur, offset, expect),
+                             "config.txt was edited after migos init; restore it by hand "
+                             "from migos/backup/config.txt")
+    fd = os.open(path, os.O_WRONLY)
     try:
-        cur = os.pread(fd, len(expect), offset)
-        if cur == new:
-            return False
-        if cur != expect:
-            raise BootStateError("config.txt holds %r at byte %d where MIGOS expects %r"
-                                 % (cur, offset, expect),
-                                 "config.txt was edited after migos init; restore it by hand "
-                                 "from migos/backup/config.txt")
         os.pwrite(fd, new, offset)
         os.fsync(fd)
     finally:
@@ -261,13 +268,14 @@ def install(boot, tar, extra_files, pretend=False):
         write_new(boot, existing_name(boot, rel) or rel, files[rel], mode=mode)
     # 3. the inert append
     cfg_path = os.path.join(boot, "config.txt")
-    with open(cfg_path, "r+b") as f:
-        f.seek(0, os.SEEK_END)
-        if f.tell() != len(old_cfg):
-            raise BootStateError("config.txt changed while migos init ran", "run migos init again")
-        f.write(block)
-        f.flush()
-        os.fsync(f.fileno())
+    if read_back(cfg_path) != old_cfg:
+        raise BootStateError("config.txt changed while migos init ran", "run migos init again")
+    fd = os.open(cfg_path, os.O_WRONLY)
+    try:
+        os.pwrite(fd, block, len(old_cfg))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     if read_back(cfg_path) != old_cfg + block:
         raise MigosError("config.txt reads back different after the append",
                          "run 'migos restore-boot'")
@@ -319,10 +327,12 @@ def restore(boot, pretend=False):
         flip(cfg_path, c["marker_offset"], MARK_ON, MARK_OFF)
     # 2. drop the inert block; the old bytes were never rewritten
     if len(cur) != c["size"]:
-        with open(cfg_path, "r+b") as f:
-            f.truncate(c["size"])
-            f.flush()
-            os.fsync(f.fileno())
+        fd = os.open(cfg_path, os.O_WRONLY)
+        try:
+            os.ftruncate(fd, c["size"])
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     if _sha(read_back(cfg_path)) != c["sha256"]:
         backup = read_back(os.path.join(boot, c["backup"]))
         if _sha(backup) != c["sha256"]:

@@ -139,6 +139,9 @@ def check_boot_space(ctx):
     except OSError:
         pass
     free = disk.free_bytes(ctx.boot)
+    if free is None:
+        return Check("boot-space", WARN, "the boot partition's file system does not report its "
+                     "free space; MIGOS needs %.1f MiB" % (need / 2**20), need=need)
     if free < need:
         return Check("boot-space", FAIL, "the boot partition has %.1f MiB free; MIGOS needs %.1f MiB "
                      "(remove unused kernels or overlays from it)" % (free / 2**20, need / 2**20),

@@ -168,7 +168,10 @@ def boot_disk(root, boot_dir, disk_override=None):
 
 
 def free_bytes(path):
+    """Free bytes, or None where the file system does not say (some FUSE drivers)."""
     st = os.statvfs(path)
+    if st.f_blocks == 0:
+        return None
     return st.f_bavail * st.f_frsize
 
 
