@@ -3,6 +3,7 @@
 import datetime
 import json
 import os
+import stat
 import sys
 import tempfile
 import urllib.parse
@@ -37,6 +38,12 @@ def check_paths(args):
     if getattr(args, "backup_cfg", None) and not os.path.isfile(args.backup_cfg):
         raise UsageError("--backup-cfg %s does not exist" % args.backup_cfg, "give a YAML file")
     api.check_version_spec(getattr(args, "version", None))
+    if args.root in ("", "/"):
+        for opt in ("log_to", "flash_to"):
+            dev = getattr(args, opt, None)
+            if dev and not (os.path.exists(dev) and stat.S_ISBLK(os.stat(dev).st_mode)):
+                raise UsageError("--%s %s is not a block device" % (opt.replace("_", "-"), dev),
+                                 "give a device such as /dev/sda1")
     if getattr(args, "change_dt_to", None):
         from .. import boards
         if args.change_dt_to not in boards.all_device_types():
@@ -148,6 +155,7 @@ def migrate_settings(args, ctx, image, slug):
         "wifi_country": ctx.network.country,
         "network": [c.filename for c in ctx.network.connections],
         "cleanup": not args.no_cleanup,
+        "backup_archive": "migos/backup.tgz" if getattr(args, "backup_cfg", None) else None,
     }
 
 
@@ -204,6 +212,8 @@ def init(args, takeover=False):
     if not takeover:
         need_root(args, "migos init")
     cfg = load_config(args.config)
+    if cfg is None:
+        raise UsageError("no config.json given", "pass the fleet's config.json with -c")
     workdir = os.path.abspath(args.work_dir)
     tar = find_tarball(args, workdir if not args.pretend else None)
     ctx = checks.Context(args, cfg, migos_size=tar.size())
