@@ -207,3 +207,35 @@ def test_tarball_must_match_sha256sums(tmp_path):
     with pytest.raises(MigosError) as e:
         tarball.load(path)
     assert "SHA256SUMS" in str(e.value)
+
+
+def test_restore_refused_after_stage2_wrote_its_journal(setup):
+    root, disk, cfg, tar = setup("buster")
+    assert run_migos(*init_args(root, disk, cfg, tar)).returncode == 0
+    man = json.load(open(os.path.join(root, "boot/migos/backup/manifest.json")))
+    assert man["disk"] == disk and man["journal_sha256"]
+    with open(disk, "r+b") as f:          # what stage 2 does first: its journal at 1 MiB
+        f.seek(1024 * 1024)
+        f.write(b"MIGOS-JOURNAL-RECORD")
+    mid = tree_bytes(root)
+    r = run_migos("restore-boot", "--root", root)
+    assert r.returncode == 2 and "cannot be given back" in r.stderr
+    assert tree_bytes(root) == mid
+
+
+@pytest.mark.parametrize("content,ok", [(b"\x1f\x8b\x08rest", True), (b"\xfd7zXZ\x00rest", True),
+                                        (b"(\xb5/\xfdrest", True), (b"PK\x03\x04rest", True),
+                                        (b"\x00" * 510 + b"\x55\xaa", True),
+                                        (b"<html>not an image</html>", False)])
+def test_image_must_look_like_an_image(setup, tmp_path, content, ok):
+    root, disk, cfg, tar = setup("buster")
+    img = str(tmp_path / "balena.img")
+    with open(img, "wb") as f:
+        f.write(content)
+    before = tree_bytes(root)
+    r = run_migos("init", "--root", root, "-c", cfg, "-i", img, "--migos-tarball", tar, "--disk",
+                  disk, "--no-api-check", "--no-vpn-check", "--pretend", "--log-level", "error")
+    assert (r.returncode == 0) == ok, r.stderr
+    if not ok:
+        assert "is not a balenaOS image" in r.stderr and r.returncode == 2
+    assert tree_bytes(root) == before

@@ -202,6 +202,26 @@ def state(boot):
     return "active" if at == MARK_ON else "installed"
 
 
+# Where stage 2 keeps its resume journal (DESIGN.md 3): the unpartitioned gap before p1.
+JOURNAL_OFFSETS = (1024 * 1024, 2 * 1024 * 1024)
+JOURNAL_PROBE = 4096
+
+
+def journal_fingerprint(disk_path):
+    """sha256 of the journal areas of the disk, or None if it cannot be read."""
+    if not disk_path:
+        return None
+    try:
+        h = hashlib.sha256()
+        with open(disk_path, "rb") as f:
+            for off in JOURNAL_OFFSETS:
+                f.seek(off)
+                h.update(f.read(JOURNAL_PROBE))
+        return h.hexdigest()
+    except OSError:
+        return None
+
+
 def plan_init(boot, tar, extra_files):
     """Everything init will do, as a list of (action, path, detail) — nothing written."""
     actions = []
@@ -229,7 +249,7 @@ def plan_init(boot, tar, extra_files):
     return actions, files, old_cfg, block, marker
 
 
-def install(boot, tar, extra_files, pretend=False):
+def install(boot, tar, extra_files, pretend=False, disk_path=None):
     """Install MIGOS on the boot partition at ``boot``. Returns the list of actions."""
     actions, files, old_cfg, block, marker = plan_init(boot, tar, extra_files)
     for a in actions:
@@ -245,6 +265,7 @@ def install(boot, tar, extra_files, pretend=False):
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "tarball": tar.name, "replaced": replaced, "installed": {},
         "created_dirs": created_dirs,
+        "disk": disk_path, "journal_sha256": journal_fingerprint(disk_path),
         "config_txt": {"size": len(old_cfg), "sha256": _sha(old_cfg), "marker_offset": marker,
                        "block_sha256": _sha(block), "final_size": len(old_cfg) + len(block),
                        "backup": BACKUP_DIR + "/config.txt"},
@@ -288,8 +309,11 @@ def install(boot, tar, extra_files, pretend=False):
     return actions
 
 
-def restore(boot, pretend=False):
-    """Give the old OS its boot partition back exactly. Returns the list of actions."""
+def restore(boot, pretend=False, disk_path=None):
+    """Give the old OS its boot partition back exactly. Returns the list of actions.
+
+    Refused once stage 2 has written its journal (the point of no return): the journal
+    areas of the disk no longer match what init saw."""
     st = state(boot)
     actions = []
     if st == "clean":
@@ -305,6 +329,12 @@ def restore(boot, pretend=False):
         return actions
     with open(os.path.join(boot, MANIFEST)) as f:
         m = json.load(f)
+    if m.get("journal_sha256"):
+        now = journal_fingerprint(disk_path or m.get("disk"))
+        if now is not None and now != m["journal_sha256"]:
+            raise BootStateError("MIGOS has already started writing the disk (its journal is "
+                                 "there): the old OS cannot be given back",
+                                 "let MIGOS finish the migration")
     c = m["config_txt"]
     cfg_path = os.path.join(boot, "config.txt")
     actions.append(("switch", "config.txt", "[all] -> [none] at byte %d" % c["marker_offset"]))

@@ -123,4 +123,6 @@ def register(sub, common_options):
                        "Allowed only before MIGOS has started writing the disk.")
     common_options(p)
     p.add_argument("--pretend", action="store_true", help="say what would be done")
+    p.add_argument("--disk", metavar="PATH", help="the disk under the boot partition (to see "
+                   "whether MIGOS has started writing it); default: the one init recorded")
     p.set_defaults(func=flow.restore_boot)

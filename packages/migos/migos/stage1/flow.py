@@ -62,6 +62,7 @@ def output(args, data, text):
 # --- diagnostic ----------------------------------------------------------------------------
 
 def diagnostic(args):
+    log.event("INI", "migos %s diagnostic" % __version__, level="debug")
     check_paths(args)
     cfg = load_config(getattr(args, "config", None))
     ctx = checks.Context(args, cfg)
@@ -73,6 +74,7 @@ def diagnostic(args):
 # --- backup ---------------------------------------------------------------------------------
 
 def backup(args):
+    log.event("INI", "migos %s backup" % __version__, level="debug")
     check_paths(args)
     ctx = checks.Context(args)
     if ctx.boot is None:
@@ -117,8 +119,12 @@ def image_source(args, cfg, slug, resolve=True):
         if img.startswith(("http://", "https://")):
             return {"source": "url", "url": img}
         full = img if os.path.isabs(img) else os.path.abspath(img)
-        if not os.path.isfile(os.path.join(args.root, full.lstrip("/"))) and not os.path.isfile(full):
+        where = os.path.join(args.root, full.lstrip("/"))
+        if not os.path.isfile(where):
+            where = full
+        if not os.path.isfile(where):
             raise UsageError("image %s does not exist" % img, "give the path of a balenaOS image")
+        check_image_file(where)
         return {"source": "path", "path": full}
     spec = getattr(args, "version", None)
     version = spec
@@ -127,6 +133,22 @@ def image_source(args, cfg, slug, resolve=True):
                                       timeout=args.check_timeout)
     return {"source": "api", "version": version, "requested": spec or "latest",
             "device_type": slug}
+
+
+IMAGE_MAGIC = ((b"\x1f\x8b", "gzip"), (b"\xfd7zXZ\x00", "xz"), (b"\x28\xb5\x2f\xfd", "zstd"),
+               (b"PK\x03\x04", "zip"))
+
+
+def check_image_file(path):
+    """A raw disk image (MBR) or a .gz/.xz/.zst/.zip; stage 2 checks the inside."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if any(head.startswith(m) for m, _ in IMAGE_MAGIC):
+        return
+    if len(head) == 512 and head[510:512] == b"\x55\xaa":
+        return
+    raise UsageError("%s is not a balenaOS image (neither a raw disk image nor .gz/.xz/.zst/.zip)"
+                     % path, "download the image for this device type from balena")
 
 
 def migrate_settings(args, ctx, image, slug):
@@ -208,6 +230,8 @@ def acknowledge(args, summary):
 
 
 def init(args, takeover=False):
+    if not takeover:
+        log.event("INI", "migos %s init" % __version__, level="debug")
     check_paths(args)
     if not takeover:
         need_root(args, "migos init")
@@ -232,7 +256,9 @@ def init(args, takeover=False):
             bdir = os.path.join(workdir, "migos-backup-" + datetime.datetime.now(
                 datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ"))
             backupmod.write(ctx, bdir)
-    actions = bootinst.install(ctx.boot, tar, files, pretend=args.pretend)
+    from . import disk as diskmod
+    disk_path = diskmod.boot_disk(args.root, ctx.boot, getattr(args, "disk", None))[0]
+    actions = bootinst.install(ctx.boot, tar, files, pretend=args.pretend, disk_path=disk_path)
     data = {"pretend": args.pretend, "boot": ctx.boot, "image": image, "device_type": slug,
             "actions": [list(a) for a in actions], "checks": report.to_dict()["checks"],
             "network": ctx.network.to_dict()}
@@ -272,6 +298,7 @@ def download_only(args):
 
 
 def takeover(args):
+    log.event("INI", "migos %s takeover" % __version__, level="debug")
     if args.download_only:
         return download_only(args)
     need_root(args, "migos takeover")
@@ -279,10 +306,11 @@ def takeover(args):
 
 
 def restore_boot(args):
+    log.event("INI", "migos %s restore-boot" % __version__, level="debug")
     need_root(args, "migos restore-boot")
     from . import disk
     boot = disk.find_boot(args.root)
-    actions = bootinst.restore(boot, pretend=args.pretend)
+    actions = bootinst.restore(boot, pretend=args.pretend, disk_path=getattr(args, "disk", None))
     output(args, {"pretend": args.pretend, "boot": boot, "actions": [list(a) for a in actions]},
            "\n".join("%s%s %s (%s)" % ("would " if args.pretend else "", *a) for a in actions) + "\n")
     return 0

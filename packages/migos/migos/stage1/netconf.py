@@ -164,7 +164,7 @@ def parse_wpa_supplicant(text, source):
                 k, _, v = s.partition("=")
                 glob_vals[k.strip()] = (n, v.strip())
             else:
-                problems.append((n, "cannot parse %r" % s))
+                problems.append((n, "cannot parse this line (not key=value, not network={)"))
             continue
         if s == "}":
             networks.append(block)
