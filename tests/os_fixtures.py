@@ -38,7 +38,7 @@ ARCH_DIR = {"buster": "arm-linux-gnueabihf", "bullseye": "arm-linux-gnueabihf",
 # Every secret in the fixtures, so tests can prove none of them is ever logged.
 SECRETS = ["buster-home-pass", "p@ss w0rd;#x", "corp-secret-pw", "wpa3-only-secret",
            "bullseye-wlan0-pw", "connman-pass-1", "connman-prov-pw", "bookworm-nm-psk",
-           "debian-iface-psk", "APIKEY-0123456789abcdef", "DEVKEY-fedcba9876543210",
+           "debian-iface-psk", "roam-net-pass", "APIKEY-0123456789abcdef", "DEVKEY-fedcba9876543210",
            "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"]
 
 WPA_BUSTER = r'''ctrl_interface=DIR=/var/run/wpa_supplicant GROUP=netdev
@@ -323,6 +323,13 @@ def make_tree(root, kind, boot_dir=None):
         _w(root, "var/lib/connman/wifi_b827eb000001_436f6e6e6d616e57696669_managed_psk/settings",
            CONNMAN_SERVICE)
         _w(root, "var/lib/connman/office.config", CONNMAN_PROVISION)
+        _w(root, "etc/network/interfaces", "source-directory /etc/network/interfaces.d\n"
+           "auto lo\niface lo inet loopback\n")
+        _w(root, "etc/network/interfaces.d/wlan1", "allow-hotplug wlan1\niface wlan1 inet manual\n"
+           "    wpa-roam /etc/wpa_supplicant/roam.conf\n"
+           "iface wlan0 inet manual\n    wpa-conf /etc/wpa_supplicant/wpa_supplicant-wlan0.conf\n")
+        _w(root, "etc/wpa_supplicant/roam.conf", 'network={\n ssid="RoamNet"\n psk="roam-net-pass"\n'
+           ' id_str="home"\n}\n', 0o600)
     elif kind == "bookworm":
         _w(root, "etc/NetworkManager/system-connections/preconfigured.nmconnection", NM_BOOKWORM,
            0o600)

@@ -102,6 +102,29 @@ def test_bullseye_wlan0_conf_and_connman(tmp_path):
     office = nm[b"Office 5G"]
     assert office["psk"] == "connman-prov-pw" and office["hidden"] is True
     assert cfg.country == "DE"
+    # wpa-roam file named in /etc/network/interfaces.d (source-directory); the wlan0 file
+    # named there too is read once only
+    assert nm[b"RoamNet"]["psk"] == "roam-net-pass"
+    assert sum(1 for c in cfg.connections if c.ssid == b"Bullseye Net") == 1
+    assert any("id_str" in p.msg for p in cfg.problems)
+
+
+def test_dhcpcd_interface_static_applies_to_every_wifi(tmp_path):
+    root = str(tmp_path)
+    fx._w(root, "etc/wpa_supplicant/wpa_supplicant.conf",
+          'network={\n ssid="A"\n psk="aaaaaaaa"\n}\nnetwork={\n ssid="B"\n psk="bbbbbbbb"\n}\n')
+    fx._w(root, "etc/dhcpcd.conf", "interface wlan0\nstatic ip_address=10.9.8.7/16\n"
+          "static routers=10.9.0.1\nstatic domain_name_servers=10.9.0.1 fd00::1\n"
+          "fallback static_eth0\n\nssid B\nstatic ip_address=10.1.1.1\n")
+    cfg = netconf.collect(root)
+    a = [c for c in cfg.connections if c.ssid == b"A"][0]
+    b = [c for c in cfg.connections if c.ssid == b"B"][0]
+    assert a.get("ipv4", "address1") == "10.9.8.7/16" and a.get("ipv4", "gateway") == "10.9.0.1"
+    assert a.get("ipv4", "dns") == "10.9.0.1;" and a.get("ipv6", "dns") == "fd00::1;"
+    assert b.get("ipv4", "address1") == "10.1.1.1/24"
+    msgs = [p.msg for p in cfg.problems]
+    assert any("no prefix length" in m for m in msgs)
+    assert any("fallback profile" in m for m in msgs)
 
 
 @needs_nm
