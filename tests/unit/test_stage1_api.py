@@ -153,3 +153,34 @@ def test_api_check_passes_against_a_live_endpoint(server, tmp_path):
     data = json.loads(r.stdout)
     st = {c["check"]: c["status"] for c in data["checks"]}
     assert st["api"] == "ok" and st["vpn"] == "ok" and r.returncode == 0
+
+
+def test_init_with_migos_url_checks_sha256sums(tmp_path):
+    import functools
+    from migos.stage1 import tarball
+    pub = tmp_path / "pub"
+    tar = tarball.make_fake(str(pub))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(pub))
+    handler.log_message = lambda *a: None
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        url = "http://127.0.0.1:%d/%s" % (srv.server_address[1], os.path.basename(tar))
+        root = fx.make_tree(str(tmp_path / "root"), "buster")
+        disk = fx.make_disk_image(str(tmp_path / "disk.img"))
+        cfg = fx.config_json(str(tmp_path / "config.json"))
+        args = ["init", "--root", root, "-c", cfg, "-v", "2.80.3", "--migos-url", url, "--disk",
+                disk, "--no-api-check", "--no-vpn-check", "-w", str(tmp_path / "w"),
+                "--log-level", "error"]
+        r = run_migos(*args)
+        assert r.returncode == 0, r.stderr
+        assert os.path.isfile(os.path.join(root, "boot/migos.itb"))
+        assert run_migos("restore-boot", "--root", root).returncode == 0
+        with open(os.path.join(str(pub), "SHA256SUMS"), "w") as f:
+            f.write("0" * 64 + "  " + os.path.basename(tar) + "\n")
+        r = run_migos(*args)
+        assert r.returncode == 2 and "does not match its SHA256SUMS" in r.stderr
+        assert not os.path.exists(os.path.join(root, "boot/migos.itb"))
+    finally:
+        srv.shutdown()
+        srv.server_close()

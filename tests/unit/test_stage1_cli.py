@@ -179,3 +179,26 @@ def test_runs_on_python_3_7(dev):
                            stderr=subprocess.PIPE, universal_newlines=True)
         assert r.returncode == 0, (argv[0], r.stderr)
     assert snapshot(root) == before
+
+
+def test_runs_as_a_zipapp_and_finds_the_tarball_next_to_it(dev):
+    """python3 migos.pyz ...: the one-file form; the boot tarball next to it is found."""
+    import shutil
+    import zipapp
+    root, disk, cfg, tar, tmp = dev
+    app = tmp / "app"
+    shutil.copytree(os.path.join(MIGOS_PKG, "migos"), str(app / "migos"),
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    dist = tmp / "dist"
+    os.makedirs(str(dist))
+    pyz = str(dist / "migos.pyz")
+    zipapp.create_archive(str(app), pyz, main="migos.cli:main")
+    shutil.copy(tar, str(dist))
+    shutil.copy(os.path.join(os.path.dirname(tar), "SHA256SUMS"), str(dist))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    r = subprocess.run([sys.executable, pyz, "init", "--root", root, "-c", cfg, "-v", "2.80.3",
+                        "--disk", disk, "--no-api-check", "--no-vpn-check", "--pretend",
+                        "--log-level", "error"], env=env, cwd=str(tmp),
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+    assert r.returncode == 0, r.stderr
+    assert "would switch config.txt" in r.stdout

@@ -98,6 +98,8 @@ def find_tarball(args, workdir):
         url = args.migos_url
         if not url.startswith(("http://", "https://")):
             raise UsageError("--migos-url %s is not an http(s) URL" % url, "give an http(s) URL")
+        if workdir:
+            os.makedirs(workdir, exist_ok=True)
         d = tempfile.mkdtemp(prefix="migos-tarball-", dir=workdir)
         name = os.path.basename(urllib.parse.urlparse(url).path) or "migos-boot.tar.gz"
         api.download(url, os.path.join(d, name))
