@@ -184,3 +184,26 @@ def test_init_with_migos_url_checks_sha256sums(tmp_path):
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def test_full_takeover_against_the_fake_api(server, tmp_path):
+    """Every check on (API /ping and VPN against 127.0.0.1), the latest release resolved,
+    backup in the work dir, MIGOS installed; no reboot because --root is a fixture tree."""
+    from migos.stage1 import tarball
+    root = fx.make_tree(str(tmp_path / "root"), "buster")
+    disk = fx.make_disk_image(str(tmp_path / "disk.img"))
+    port = int(server.rsplit(":", 1)[1])
+    cfg = fx.config_json(str(tmp_path / "config.json"), api=server, vpnPort=port)
+    tar = tarball.make_fake(str(tmp_path / "t"))
+    r = run_migos("takeover", "--root", root, "-c", cfg, "--migos-tarball", tar, "--disk", disk,
+                  "--no-ack", "-w", str(tmp_path / "w"), "--check-timeout", "5", "--json",
+                  "--log-file", str(tmp_path / "log"))
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["image"] == {"source": "api", "version": "6.0.10+rev2", "requested": "latest",
+                            "device_type": "raspberrypi3"}
+    settings = json.load(open(os.path.join(root, "boot/migos/migrate.json")))
+    assert settings["image"]["version"] == "6.0.10+rev2" and settings["checks_disabled"] == []
+    text = r.stdout + r.stderr + (tmp_path / "log").read_text()
+    for s in fx.SECRETS:
+        assert s not in text
