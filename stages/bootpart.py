@@ -18,7 +18,7 @@ import jinja2
 
 from migos import boards
 
-from . import kernel
+from . import fit, kernel
 from .target import REPO
 from .tools import run
 
@@ -36,12 +36,12 @@ def render(name, **values):
 
 def template_values(ctx):
     t = ctx.target
-    rpi = [boards.BY_KEY[k] for k in t.boards if boards.BY_KEY[k].upstream_dtb]
-    virt = [boards.BY_KEY[k] for k in t.boards if not boards.BY_KEY[k].upstream_dtb]
+    rpi = [boards.BY_KEY[k] for k in t.boards]
+    names = [b.fit_config for b in rpi] + ([fit.VIRT_CONFIG] if t.qemu_virt else [])
     return dict(version=ctx.version, target=t.name, arch=t.arch, console=t.console,
-                default_conf=(rpi or virt)[0].fit_config,
-                rpi_confs=[("broadcom/" + b.upstream_dtb, b.fit_config) for b in rpi],
-                virt_conf=virt[0].fit_config if virt else (rpi or virt)[0].fit_config,
+                default_conf=names[0],
+                rpi_confs=[(b.upstream_dtb, b.fit_config) for b in rpi],   # U-Boot's ${fdtfile} names
+                virt_conf=fit.VIRT_CONFIG if t.qemu_virt else names[0],
                 virt_cmdline=VIRT_CMDLINE[t.arch], rpi_addr=ADDR[t.arch]["rpi"],
                 virt_addr=ADDR[t.arch]["virt"], comp_addr=ADDR[t.arch]["comp"])
 
@@ -51,8 +51,7 @@ def plan(target, firmware_files, dtb_dir):
     files = {os.path.basename(f): f for f in firmware_files}
     for key in target.boards:
         b = boards.BY_KEY[key]
-        if b.upstream_dtb:
-            files["migos/" + b.firmware_dtb] = os.path.join(dtb_dir, b.upstream_dtb)
+        files["migos/" + b.firmware_dtb] = os.path.join(dtb_dir, b.upstream_dtb)
     return files
 
 
@@ -63,7 +62,7 @@ def build_bootpart(ctx):
         shutil.rmtree(out)
     os.makedirs(os.path.join(out, "migos"))
     firmware = kernel.firmware_blobs(k["firmware"]) if k["firmware"] else []
-    for dest, src in plan(ctx.target, firmware, os.path.join(k["dtbs"], "broadcom")).items():
+    for dest, src in plan(ctx.target, firmware, k["dtbs"]).items():
         shutil.copy(src, os.path.join(out, dest))
     values = template_values(ctx)
     for name in ("config.txt", "cmdline.txt"):

@@ -24,18 +24,22 @@ LOAD = {"rpi": {"arm64": "0x00080000", "armhf": "0x00008000", "armel": "0x000080
         "virt": {"arm64": "0x40400000", "armhf": "0x40008000", "armel": "0x40008000"}}
 
 
-def family(board):
-    return "virt" if board.upstream_dtb is None else "rpi"
+VIRT_CONFIG = "qemu-virt"
 
 
 def plan(target, dtb_dir):
-    """(kernel families, configurations) for the target's boards. Pure."""
+    """(kernel families, configurations) for the target's boards. Pure.
+
+    Every Pi board gets a configuration with its upstream dtb; ``qemu_virt`` adds one
+    without a dtb (qemu's own device tree is used).
+    """
     configs = []
     for key in target.boards:
         b = boards.BY_KEY[key]
-        configs.append({"name": b.fit_config, "description": b.name,
-                        "kernel": "kernel-" + family(b),
-                        "dtb": os.path.join(dtb_dir, b.upstream_dtb) if b.upstream_dtb else None})
+        configs.append({"name": b.fit_config, "description": b.name, "kernel": "kernel-rpi",
+                        "dtb": os.path.join(dtb_dir, b.upstream_dtb)})
+    if target.qemu_virt:
+        configs.append({"name": VIRT_CONFIG, "description": "qemu virt", "kernel": "kernel-virt", "dtb": None})
     families = sorted({c["kernel"][len("kernel-"):] for c in configs})
     return families, configs
 
@@ -64,8 +68,7 @@ def build_fit(ctx):
     os.makedirs(work, exist_ok=True)
     kernel_gz = os.path.join(work, "Image.gz")
     gzip_deterministic(k["vmlinuz"], kernel_gz)
-    dtb_dir = os.path.join(k["dtbs"], "broadcom")
-    its = render_its(ctx.version, ctx.target, k["release"], kernel_gz, ctx.path("initramfs.cpio.zst"), dtb_dir)
+    its = render_its(ctx.version, ctx.target, k["release"], kernel_gz, ctx.path("initramfs.cpio.zst"), k["dtbs"])
     with open(os.path.join(work, "migos.its"), "w") as f:
         f.write(its)
     out = ctx.path("migos.itb")

@@ -46,6 +46,7 @@ class Target:
     uboot_defconfig: Optional[str]
     uboot_cross: Optional[str]
     boards: List[str]                 # keys of migos.boards, in FIT configuration order
+    qemu_virt: bool                   # also a FIT configuration for qemu's virt machine
     console: str                      # kernel console= arguments for the Pi
     modules: List[str]                # kernel modules to ship (dependencies are added)
 
@@ -120,6 +121,13 @@ def parse(raw, where, mirror=None):
         if b not in boards.BY_KEY:
             raise BuildError("%s: unknown board %r; known boards: %s" % (
                 where, b, ", ".join(sorted(boards.BY_KEY))))
+        if not boards.BY_KEY[b].upstream_dtb:
+            raise BuildError("%s: board %s has no device tree in Debian's kernel; remove it from boards"
+                             % (where, b))
+        if target.arch not in boards.BY_KEY[b].arches:
+            raise BuildError("%s: board %s cannot run %s; remove it from boards" % (where, b, target.arch))
+    if not target.boards and not target.qemu_virt:
+        raise BuildError("%s: no boards and qemu_virt = false; the FIT needs a configuration" % where)
     return target
 
 

@@ -46,6 +46,12 @@ def test_unknown_board_is_refused():
     raw["boards"] = ["rpi-3-b", "rpi-9"]
     with pytest.raises(BuildError, match="unknown board 'rpi-9'"):
         target.parse(raw, "x.toml")
+    raw["boards"] = ["rpi-5-b"]
+    with pytest.raises(BuildError, match="board rpi-5-b has no device tree in Debian's kernel"):
+        target.parse(raw, "x.toml")
+    raw["boards"] = ["rpi-zero"]
+    with pytest.raises(BuildError, match="board rpi-zero cannot run arm64"):
+        target.parse(raw, "x.toml")
 
 
 # --- fetch ---------------------------------------------------------------------------
@@ -148,8 +154,8 @@ def test_its_has_one_configuration_per_board_and_hashes():
     for key in TARGET.boards:
         b = boards.BY_KEY[key]
         assert "\t\t%s {" % b.fit_config in its
-        if b.upstream_dtb:
-            assert '/incbin/("/dtbs/%s")' % b.upstream_dtb in its
+        assert '/incbin/("/dtbs/%s")' % b.upstream_dtb in its
+    assert "\t\tqemu-virt {" in its
     assert its.count('algo = "sha256";') == its.count("/incbin/(")
     assert 'type = "ramdisk";' in its
     assert 'default = "%s";' % boards.BY_KEY[TARGET.boards[0]].fit_config in its
@@ -169,8 +175,8 @@ def test_its_compiles_with_dtc(tmp_path):
     dtbs.mkdir()
     from migos import boards
     for key in TARGET.boards:
-        if boards.BY_KEY[key].upstream_dtb:
-            (dtbs / boards.BY_KEY[key].upstream_dtb).write_bytes(b"d" * 8)
+        (dtbs / boards.BY_KEY[key].upstream_dtb).parent.mkdir(exist_ok=True)
+        (dtbs / boards.BY_KEY[key].upstream_dtb).write_bytes(b"d" * 8)
     its = fit.render_its("1.0", TARGET, "6.1", str(tmp_path / "Image.gz"), str(tmp_path / "initramfs"), str(dtbs))
     (tmp_path / "m.its").write_text(its)
     subprocess.run(["dtc", "-I", "dts", "-O", "dtb", "-o", str(tmp_path / "m.dtb"), str(tmp_path / "m.its")],
@@ -180,7 +186,7 @@ def test_its_compiles_with_dtc(tmp_path):
 def test_bootpart_plan_renames_dtbs_to_firmware_names():
     files = bootpart.plan(TARGET, ["/fw/bootcode.bin", "/fw/start.elf"], "/dtbs")
     assert files["bootcode.bin"] == "/fw/bootcode.bin"
-    assert files["migos/bcm2710-rpi-3-b.dtb"] == "/dtbs/bcm2837-rpi-3-b.dtb"
+    assert files["migos/bcm2710-rpi-3-b.dtb"] == "/dtbs/broadcom/bcm2837-rpi-3-b.dtb"
     assert not any(k.startswith("migos/") and "virt" in k for k in files)
 
 
