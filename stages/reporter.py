@@ -1,6 +1,7 @@
 """doit reporter: a failed step is one line on stderr, ``migos build: STEP: what went wrong; what to do``."""
 
 import sys
+import time
 
 from doit.exceptions import TaskFailed
 from doit.reporter import ConsoleReporter
@@ -22,7 +23,20 @@ def step(func):
 
 
 class OneLineReporter(ConsoleReporter):
+    """``.  step`` when a step starts, ``   step: 12.3 s`` when it ends, one line per failure."""
     desc = "one line per step, one line per failure"
+
+    def __init__(self, outstream, options):
+        super().__init__(outstream, options)
+        self.started = {}
+
+    def execute_task(self, task):
+        self.started[task.name] = time.monotonic()
+        super().execute_task(task)
+
+    def add_success(self, task):
+        if task.name in self.started and task.actions:
+            self.write("   %s: %.1f s\n" % (task.name, time.monotonic() - self.started[task.name]))
 
     def add_failure(self, task, fail):
         self.failures.append({"task": task, "exception": fail})

@@ -16,7 +16,8 @@ from typing import List, Optional
 from .tools import BuildError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TARGET_DIR = os.path.join(REPO, "multistrap")
+# Where target files live; tests point MIGOS_TARGET_DIR at their own.
+TARGET_DIR = os.environ.get("MIGOS_TARGET_DIR", os.path.join(REPO, "multistrap"))
 
 QEMU_USER = {"arm64": "qemu-aarch64-static", "armhf": "qemu-arm-static", "armel": "qemu-arm-static"}
 
@@ -76,8 +77,13 @@ def load(name, mirror=None):
         with open(path, "rb") as f:
             raw = tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
-        raise BuildError("%s: %s; fix the file" % (os.path.relpath(path, REPO), e))
-    return parse(raw, os.path.relpath(path, REPO), mirror=mirror)
+        raise BuildError("%s: %s; fix the file" % (_show(path), e))
+    return parse(raw, _show(path), mirror=mirror)
+
+
+def _show(path):
+    rel = os.path.relpath(path, REPO)
+    return path if rel.startswith("..") else rel
 
 
 def parse(raw, where, mirror=None):
