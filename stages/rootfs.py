@@ -61,13 +61,62 @@ def proot(ctx, root, *argv, binds=(), log_file=None):
     return run("proot", *(args + env + list(argv)), log_file=log_file)
 
 
+# Skipped while dpkg unpacks under emulation: pruned from the image anyway.
+DPKG_EXCLUDES = ("/usr/share/doc/*", "/usr/share/man/*", "/usr/share/info/*", "/usr/share/locale/*",
+                 "/usr/share/lintian/*")
+# Programs that maintainer scripts call many times (one emulated process per certificate);
+# diverted to a no-op while configuring, and their job done afterwards on the host.
+DIVERTED = ("/usr/sbin/update-ca-certificates",)
+
+
 def configure(ctx, root, debs):
     """``dpkg --install`` every .deb inside the root (under proot), in one transaction."""
+    cfg = os.path.join(root, "etc/dpkg/dpkg.cfg.d")
+    os.makedirs(cfg, exist_ok=True)
+    with open(os.path.join(cfg, "migos-build"), "w") as f:
+        f.write("".join("path-exclude=%s\n" % p for p in DPKG_EXCLUDES) + "force-unsafe-io\n")
+    for path in DIVERTED:
+        proot(ctx, root, "dpkg-divert", "--local", "--rename", "--add", path, log_file=ctx.path("rootfs.log"))
+        with open(os.path.join(root, path.lstrip("/")), "w") as f:
+            f.write("#!/bin/sh\n# MIGOS build: diverted while configuring (stages/rootfs.py)\nexit 0\n")
+        os.chmod(os.path.join(root, path.lstrip("/")), 0o755)
     archives = os.path.dirname(debs[0])
     inside = ["/debs/" + os.path.basename(d) for d in debs]
     proot(ctx, root, "dpkg", "--install", "--force-depends", "--force-confdef", *inside,
           binds=("%s:/debs" % archives,), log_file=ctx.path("rootfs.log"))
     proot(ctx, root, "dpkg", "--configure", "-a", log_file=ctx.path("rootfs.log"))
+    for path in DIVERTED:
+        os.unlink(os.path.join(root, path.lstrip("/")))
+        proot(ctx, root, "dpkg-divert", "--local", "--rename", "--remove", path, log_file=ctx.path("rootfs.log"))
+    os.unlink(os.path.join(cfg, "migos-build"))
+    if os.path.exists(os.path.join(root, "etc/ca-certificates.conf")):
+        write_ca_bundle(root)
+
+
+def ca_bundle(conf_text, read):
+    """The text of /etc/ssl/certs/ca-certificates.crt: every certificate ca-certificates.conf
+    enables, in its order, as update-ca-certificates concatenates them. Pure (``read(rel)``)."""
+    out = []
+    for line in conf_text.splitlines():
+        line = line.strip()
+        if not line or line.startswith(("#", "!")):
+            continue
+        pem = read(line)
+        out.append(pem if pem.endswith("\n") else pem + "\n")
+    return "".join(out)
+
+
+def write_ca_bundle(root):
+    share = os.path.join(root, "usr/share/ca-certificates")
+    with open(os.path.join(root, "etc/ca-certificates.conf")) as f:
+        conf = f.read()
+    bundle = ca_bundle(conf, lambda rel: open(os.path.join(share, rel)).read())
+    if "BEGIN CERTIFICATE" not in bundle:
+        raise BuildError("no certificate enabled in the root's /etc/ca-certificates.conf")
+    certs = os.path.join(root, "etc/ssl/certs")
+    os.makedirs(certs, exist_ok=True)
+    with open(os.path.join(certs, "ca-certificates.crt"), "w") as f:
+        f.write(bundle)
 
 
 def installed(root):

@@ -4,13 +4,19 @@ Debian's prebuilt u-boot-rpi has FIT support off (it refuses any FIT), so MIGOS 
 the same source with the target's defconfig plus ``boot/uboot.config`` (FIT, FIT
 signatures, verbose FIT messages, FAT, a boot command that runs boot.scr). The source
 comes through apt (deb-src of the same signed archive, hashes checked) and is cached
-under build/cache/; the build is reproducible (SOURCE_DATE_EPOCH, prefix-mapped paths).
+under build/cache/; the build is reproducible (SOURCE_DATE_EPOCH from the source
+package's changelog, prefix-mapped paths), so its result is cached too, keyed by
+everything it depends on (build/cache/NAME/u-boot/KEY/u-boot.bin), like ccache would.
 Output: build/NAME/uboot/u-boot.bin.
 """
 
+import email.utils
 import glob
+import hashlib
 import os
 import shutil
+
+from debian.changelog import Changelog
 
 from . import fetch
 from .target import REPO
@@ -24,14 +30,12 @@ def fragment_lines():
         return [l.strip() for l in f if l.strip() and not l.startswith("#")]
 
 
-def build_uboot(ctx):
+def download_source(ctx):
+    """Debian's u-boot source package (.dsc + tarballs, verified by apt) in the cache; its .dsc path."""
     t = ctx.target
-    if not t.uboot_defconfig:
-        raise BuildError("target %s has no uboot_defconfig" % t.name)
     cache = os.path.join(ctx.cache, "u-boot-src")
     os.makedirs(cache, exist_ok=True)
-    dirs = fetch.apt_dirs(ctx)
-    src_apt = dict(dirs, base=ctx.path("apt-src"), conf=ctx.path("apt-src", "apt.conf"),
+    src_apt = dict(fetch.apt_dirs(ctx), base=ctx.path("apt-src"), conf=ctx.path("apt-src", "apt.conf"),
                    sources=ctx.path("apt-src", "sources.list"), status=ctx.path("apt-src", "status"),
                    lists=os.path.join(ctx.cache, "lists-src"))
     for d in (os.path.join(src_apt["lists"], "partial"), os.path.join(src_apt["base"], "cache"),
@@ -48,32 +52,67 @@ def build_uboot(ctx):
     dscs = sorted(glob.glob(os.path.join(cache, "u-boot_*.dsc")))
     if not dscs:
         raise BuildError("apt-get source u-boot left no .dsc in %s" % cache)
-    dsc = dscs[-1]
-    work = ctx.path("uboot")
+    return dscs[-1]
+
+
+def cache_key(dsc, defconfig, cross):
+    """What the U-Boot binary depends on: source version, defconfig, fragment, this recipe. Pure."""
+    h = hashlib.sha256()
+    for part in (os.path.basename(dsc), defconfig, cross, "\n".join(fragment_lines())):
+        h.update(part.encode() + b"\0")
+    with open(__file__, "rb") as f:
+        h.update(f.read())
+    return h.hexdigest()[:16]
+
+
+def changelog_epoch(src):
+    """The source package's own date: U-Boot's build date comes from it, not from MIGOS's commit."""
+    with open(os.path.join(src, "debian", "changelog")) as f:
+        block = next(iter(Changelog(f, max_blocks=1)))
+    return int(email.utils.parsedate_to_datetime(block.date).timestamp())
+
+
+def compile_uboot(ctx, dsc, dest):
+    t = ctx.target
+    work = ctx.path("uboot", "work")
     if os.path.exists(work):
         shutil.rmtree(work)
     os.makedirs(work)
-    src = os.path.join(work, "src")
+    src, out = os.path.join(work, "src"), os.path.join(work, "out")
     run("dpkg-source", "--no-check", "-x", dsc, src, log_file=ctx.path("uboot.log"))
-    out = os.path.join(work, "out")
     make = ["-C", src, "O=" + out, "CROSS_COMPILE=" + t.uboot_cross, "-j%d" % (os.cpu_count() or 2),
             "KCFLAGS=-ffile-prefix-map=%s=. -ffile-prefix-map=%s=." % (src, out)]
-    env = {"SOURCE_DATE_EPOCH": str(ctx.source_date_epoch), "LC_ALL": "C", "TZ": "UTC"}
+    env = {"SOURCE_DATE_EPOCH": str(changelog_epoch(src)), "LC_ALL": "C", "TZ": "UTC"}
     run("make", *make, t.uboot_defconfig, env=env, log_file=ctx.path("uboot.log"))
     with open(os.path.join(out, ".config"), "a") as f:
         f.write("\n".join(fragment_lines()) + "\n")
     run("make", *make, "olddefconfig", env=env, log_file=ctx.path("uboot.log"))
-    config = open(os.path.join(out, ".config")).read().splitlines()
+    with open(os.path.join(out, ".config")) as f:
+        config = f.read().splitlines()
     for line in fragment_lines():
         if line.endswith("=y") and line not in config:
             raise BuildError("U-Boot option %s did not stick (a dependency is off); fix boot/uboot.config"
                              % line)
     run("make", *make, "u-boot.bin", env=env, log_file=ctx.path("uboot.log"))
-    shutil.copy(os.path.join(out, "u-boot.bin"), os.path.join(work, "u-boot.bin"))
-    with open(os.path.join(work, "source.txt"), "w") as f:
+    shutil.copy(os.path.join(out, "u-boot.bin"), dest)
+    shutil.rmtree(work)
+
+
+def build_uboot(ctx):
+    """U-Boot from the cache when the same source, config and recipe built it before; else compile."""
+    t = ctx.target
+    if not t.uboot_defconfig:
+        raise BuildError("target %s has no uboot_defconfig" % t.name)
+    dsc = download_source(ctx)
+    cached = os.path.join(ctx.cache, "u-boot", cache_key(dsc, t.uboot_defconfig, t.uboot_cross), "u-boot.bin")
+    if not os.path.exists(cached):
+        os.makedirs(os.path.dirname(cached), exist_ok=True)
+        compile_uboot(ctx, dsc, cached + ".tmp")
+        os.replace(cached + ".tmp", cached)
+    os.makedirs(ctx.path("uboot"), exist_ok=True)
+    shutil.copy(cached, ctx.path("uboot", "u-boot.bin"))
+    with open(ctx.path("uboot", "source.txt"), "w") as f:
         f.write(os.path.basename(dsc) + "\n")
-    shutil.rmtree(src)
-    shutil.rmtree(out)
 
 
 def tasks(ctx):
