@@ -222,3 +222,250 @@ def compress(src, fmt, dst=None, level=None):
         with zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED, compresslevel=level or 1) as z:
             z.write(src, os.path.basename(src))
     return dst
+
+
+# helpers for checking disks (no root needed: everything works on image files) ---------------
+
+def partitions(path):
+    """[(number, start_bytes, size_bytes, type_hex)] from sfdisk's reading of the MBR/EBRs."""
+    out = subprocess.run(["sfdisk", "-J", str(path)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, check=True).stdout
+    table = json.loads(out.decode())["partitiontable"]
+    res = []
+    for p in table.get("partitions", []):
+        num = int(p["node"].rsplit(str(path), 1)[-1].lstrip("p") or 0)
+        res.append((num, p["start"] * SECTOR, p["size"] * SECTOR, p["type"]))
+    return res
+
+
+def region_sha(path, offset, size):
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        f.seek(offset)
+        left = size
+        while left:
+            b = f.read(min(left, 4 * MIB))
+            if not b:
+                raise ValueError("region beyond end of %s" % path)
+            h.update(b)
+            left -= len(b)
+    return h.hexdigest()
+
+
+def read_region(path, offset, size):
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read(size)
+
+
+def copy_region(path, offset, size, dst):
+    with open(path, "rb") as f, open(dst, "wb") as out:
+        f.seek(offset)
+        left = size
+        while left:
+            b = f.read(min(left, 4 * MIB))
+            out.write(b)
+            left -= len(b)
+    return dst
+
+
+def fat_files(path, offset):
+    """{relative path: bytes} of every file in the FAT at ``offset`` of ``path`` (via mtools)."""
+    tmp = tempfile.mkdtemp(prefix="fatx-", dir=os.path.dirname(os.path.abspath(path)))
+    try:
+        _run(["mcopy", "-s", "-n", "-m", "-i", "%s@@%d" % (path, offset), "::*", tmp + "/"])
+        out = {}
+        for root, _dirs, names in os.walk(tmp):
+            for n in names:
+                full = os.path.join(root, n)
+                with open(full, "rb") as f:
+                    out[os.path.relpath(full, tmp)] = f.read()
+        return out
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def fsck_region(path, offset, size, kind):
+    """Run fsck.vfat -n / e2fsck -fn on a copy of the region; return (ok, output)."""
+    tmp = tempfile.mkdtemp(prefix="fsck-", dir=os.path.dirname(os.path.abspath(path)))
+    try:
+        img = copy_region(path, offset, size, os.path.join(tmp, "part.img"))
+        argv = ["fsck.vfat", "-n", img] if kind == "vfat" else ["e2fsck", "-fn", img]
+        p = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        return p.returncode == 0, p.stdout.decode("utf-8", "replace")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def file_sha(path):
+    return region_sha(path, 0, os.path.getsize(path))
+
+
+def file_sha_except(path, holes):
+    """sha256 of the file with the byte ranges ``holes`` [(offset, length)] read as zeros."""
+    import hashlib
+    h = hashlib.sha256()
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        pos = 0
+        while pos < size:
+            b = bytearray(f.read(4 * MIB))
+            for off, n in holes:
+                a, z = max(off, pos), min(off + n, pos + len(b))
+                if a < z:
+                    b[a - pos:z - pos] = bytes(z - a)
+            h.update(b)
+            pos += len(b)
+    return h.hexdigest()
+
+
+# a kit for migrate's integration tests and the benchmark -------------------------------------
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = {"deviceType": "raspberrypi3", "apiEndpoint": "http://127.0.0.1:9",
+          "applicationId": 1234567, "apiKey": "provisioning-key-SECRET-0123456789",
+          "uuid": "0123456789abcdef0123456789abcdef", "persistentLogging": False}
+NM_FILES = {
+    "home-wifi": b"[connection]\nid=home-wifi\ntype=wifi\n\n[wifi]\nssid=home\n\n"
+                 b"[wifi-security]\nkey-mgmt=wpa-psk\npsk=wifi-passphrase-SECRET\n",
+    "office": b"[connection]\nid=office\ntype=ethernet\n\n[ipv4]\nmethod=auto\n",
+}
+_KITS = {}
+
+
+class Kit(object):
+    """Images and an old-OS disk template under ``base``, built once per process."""
+
+    def __init__(self, base, **image_kw):
+        self.base = str(base)
+        os.makedirs(self.base, exist_ok=True)
+        self.raw = os.path.join(self.base, "balena.img")
+        self.image = make_balena_image(self.raw, "raspberrypi3", **image_kw)
+        self.old = os.path.join(self.base, "old-disk.img")
+        self.old_info = make_old_os_disk(self.old, 256, 4, 64)
+        self.config = os.path.join(self.base, "config.json")
+        self.write_config(self.config)
+        self.nm = []
+        for name, data in sorted(NM_FILES.items()):
+            p = os.path.join(self.base, name)
+            with open(p, "wb") as f:
+                f.write(data)
+            self.nm.append(p)
+        self._compressed = {}
+
+    def write_config(self, path, **changes):
+        data = dict(CONFIG, **changes)
+        with open(path, "w") as f:
+            json.dump(data, f)
+        return path
+
+    def compressed(self, fmt):
+        if fmt not in self._compressed:
+            self._compressed[fmt] = compress(self.raw, fmt)
+        return self._compressed[fmt]
+
+    def fresh_disk(self, name, template=None):
+        dst = os.path.join(self.base, name)
+        subprocess.run(["cp", "--sparse=always", template or self.old, dst], check=True)
+        return dst
+
+    def journal_holes(self, old_info=None):
+        old_info = old_info or self.old_info
+        end = old_info["p1"][0] + old_info["p1"][1]
+        j = -(-end // (4 * MIB)) * (4 * MIB)
+        return [(j, 4096), (j + MIB, 4096)]
+
+
+def kit(base, **image_kw):
+    key = (str(base), tuple(sorted(image_kw.items())))
+    if key not in _KITS:
+        _KITS[key] = Kit(base, **image_kw)
+    return _KITS[key]
+
+
+class Loop(object):
+    """``with Loop(file) as dev:`` a loop device over ``file`` (root only)."""
+
+    def __init__(self, path):
+        self.path = path
+        self.dev = None
+
+    def __enter__(self):
+        self.dev = subprocess.run(["losetup", "-f", "--show", self.path], check=True,
+                                  stdout=subprocess.PIPE).stdout.decode().strip()
+        return self.dev
+
+    def __exit__(self, *exc):
+        subprocess.run(["losetup", "-d", self.dev], check=False)
+
+
+def migrate_argv(*args):
+    import sys
+    return [sys.executable, "-m", "migos", "migrate"] + [str(a) for a in args]
+
+
+def migrate_env(**extra):
+    env = dict(os.environ, PYTHONPATH=os.path.join(REPO, "packages", "migos"),
+               MIGOS_HTTP_BACKOFF="0.05")
+    env.update(extra)
+    return env
+
+
+def run_migrate(*args, **kw):
+    return subprocess.run(migrate_argv(*args), env=migrate_env(), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True, **kw)
+
+
+def verify_migrated(disk, k, hostname=None, nm=None, config=None, old_info=None):
+    """Assert that ``disk`` holds ``k.image`` as balenaOS expects; return a list of problems."""
+    problems = []
+    img = k.image
+    parts = {n: (s, z, t) for n, s, z, t in partitions(disk)}
+    if sorted(parts) != [1, 2, 3, 4, 5, 6]:
+        return ["partitions %s, want 1..6" % sorted(parts)]
+    want_types = {1: "c", 2: "83", 3: "83", 4: "5", 5: "83", 6: "83"}
+    for n, t in want_types.items():
+        if parts[n][2] != t:
+            problems.append("p%d type %s, want %s" % (n, parts[n][2], t))
+    names = {1: "boot", 2: "rootA", 3: "rootB", 4: "extended", 5: "state", 6: "data"}
+    for n, key in names.items():
+        if parts[n][1] != img[key][1]:
+            problems.append("p%d size %d, image has %d" % (n, parts[n][1], img[key][1]))
+    old_info = old_info or k.old_info
+    old_end = old_info["p1"][0] + old_info["p1"][1]
+    if parts[1][0] < old_end:
+        problems.append("new p1 overlaps the old p1")
+    # rootA, rootB, state, data byte-identical to the image's partitions
+    for n in (2, 3, 5, 6):
+        key = names[n]
+        if region_sha(disk, parts[n][0], parts[n][1]) != region_sha(img["path"], *img[key]):
+            problems.append("p%d (%s) differs from the image" % (n, key))
+    # resin-boot: the image's files, config.json replaced, system-connections added
+    got = fat_files(disk, parts[1][0])
+    want = dict(img["files"])
+    want = {k2.replace("/", os.sep): v for k2, v in want.items()}
+    cfg = dict(config or CONFIG)
+    if hostname:
+        cfg["hostname"] = hostname
+    for name, data in (nm or {}).items():
+        want[os.path.join("system-connections", name)] = data
+    got_cfg = got.pop("config.json", None)
+    want.pop("config.json", None)
+    if got != want:
+        problems.append("resin-boot files differ: extra %s missing %s changed %s" % (
+            sorted(set(got) - set(want)), sorted(set(want) - set(got)),
+            sorted(n for n in set(got) & set(want) if got[n] != want[n])))
+    if got_cfg is None or json.loads(got_cfg.decode()) != cfg:
+        problems.append("config.json on resin-boot is %r" % got_cfg)
+    ok, out = fsck_region(disk, parts[1][0], parts[1][1], "vfat")
+    if not ok:
+        problems.append("fsck.vfat: " + out[-300:])
+    for n in (2, 3, 5, 6):
+        ok, out = fsck_region(disk, parts[n][0], parts[n][1], "ext4")
+        if not ok:
+            problems.append("e2fsck p%d: %s" % (n, out[-300:]))
+    # the old boot partition's bytes were never written
+    if region_sha(disk, *old_info["p1"]) != region_sha(old_info["path"], *old_info["p1"]):
+        problems.append("the old p1 region was modified")
+    return problems

@@ -12,6 +12,7 @@ stored or deflated members, with or without a data descriptor, zip64 sizes.
 """
 
 import lzma
+import os
 import struct
 import zlib
 
@@ -325,3 +326,78 @@ def open_image(src):
     if fmt == ZIP:
         return fmt, ZipReader(counted), counted
     return fmt, RawReader(counted), counted
+
+
+# up-front completeness checks for local (seekable) files ---------------------------------------
+
+def _zstd_walk(f, size):
+    """Walk zstd frames by their headers (no decompression); raise FormatError if cut short."""
+    pos = 0
+    while pos < size:
+        f.seek(pos)
+        head = f.read(18)
+        if len(head) < 4:
+            raise FormatError("the zstd image is truncated (frame header)")
+        magic = struct.unpack_from("<I", head)[0]
+        if 0x184d2a50 <= magic <= 0x184d2a5f:  # skippable frame
+            if len(head) < 8:
+                raise FormatError("the zstd image is truncated (skippable frame)")
+            pos += 8 + struct.unpack_from("<I", head, 4)[0]
+            continue
+        if magic != 0xfd2fb528:
+            if pos and not head.strip(b"\x00"):
+                return
+            raise FormatError("the zstd image has garbage at byte %d" % pos)
+        if len(head) < 5:
+            raise FormatError("the zstd image is truncated (frame header)")
+        fhd = head[4]
+        single = (fhd >> 5) & 1
+        fcs_flag = fhd >> 6
+        dict_flag = fhd & 3
+        checksum = (fhd >> 2) & 1
+        hlen = 5 + (0 if single else 1) + (0, 1, 2, 4)[dict_flag] + \
+            ((1 if single else 0), 2, 4, 8)[fcs_flag]
+        pos += hlen
+        while True:
+            f.seek(pos)
+            bh = f.read(3)
+            if len(bh) < 3:
+                raise FormatError("the zstd image is truncated (compressed stream ends early)")
+            v = bh[0] | (bh[1] << 8) | (bh[2] << 16)
+            last, btype, bsize = v & 1, (v >> 1) & 3, v >> 3
+            if btype == 3:
+                raise FormatError("the zstd image is corrupt (reserved block type)")
+            pos += 3 + (1 if btype == 1 else bsize)
+            if pos > size:
+                raise FormatError("the zstd image is truncated (compressed stream ends early)")
+            if last:
+                break
+        pos += 4 if checksum else 0
+        if pos > size:
+            raise FormatError("the zstd image is truncated (no frame checksum)")
+
+
+def precheck_file(path, fmt, need=None):
+    """Cheap checks that a local image file is complete, before anything is written.
+
+    raw: at least ``need`` bytes; xz: stream footer magic at the end; zip: an end-of-central-
+    directory record at the end; zstd: every frame's block headers present (a header walk, no
+    decompression).  gzip cannot be checked without inflating it all: a cut or corrupt .gz is
+    found when the stream reaches the damage.
+    """
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        if fmt == RAW:
+            if need is not None and size < need:
+                raise FormatError("the image is truncated: %d bytes, its partitions need %d" % (
+                    size, need))
+        elif fmt == XZ:
+            f.seek(max(0, size - 2))
+            if f.read(2) != b"YZ":
+                raise FormatError("the xz image is truncated (no stream footer)")
+        elif fmt == ZIP:
+            f.seek(max(0, size - 65558))
+            if b"PK\x05\x06" not in f.read():
+                raise FormatError("the zip image is truncated (no central directory)")
+        elif fmt == ZSTD:
+            _zstd_walk(f, size)

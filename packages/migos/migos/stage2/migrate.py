@@ -335,6 +335,12 @@ class Migration(object):
             self.plan = layout.plan(self.dev.size, self.old_mbr, image_mbr)
         except layout.LayoutError as e:
             raise UsageError(e.problem, e.fix)
+        if isinstance(self.src, sources.FileSource):
+            formats.precheck_file(self.src.path, self.format, self.plan.copy_end)
+        elif getattr(self.src, "total", None) is not None and self.format == formats.RAW and \
+                self.src.total < self.plan.copy_end:
+            raise UsageError("the image is truncated: the server offers %d bytes, its partitions "
+                             "need %d" % (self.src.total, self.plan.copy_end), "fix the image URL")
         check_device_type(self.head, self.plan, self.cfg)
         if self.looks_balena(self.old_mbr) and self.found is None:
             raise UsageError("the device already holds a balenaOS partition layout",
