@@ -58,11 +58,12 @@ class BalenaApi(object):
         self.httpd = _Server(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
+        self._url = "http://127.0.0.1:%d" % self.httpd.server_address[1]
         return self
 
     @property
     def url(self):
-        return "http://127.0.0.1:%d" % self.httpd.server_address[1]
+        return self._url
 
     def stop(self):
         if self.httpd:

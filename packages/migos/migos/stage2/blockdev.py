@@ -91,6 +91,14 @@ def mounted_where(path):
     rdevs = []
     if stat.S_ISBLK(st.st_mode):
         rdevs.append(st.st_rdev)
+        # a loop device: other loop devices over the same file (e.g. one partition with -o)
+        try:
+            with open(os.path.join(os.path.realpath(_sys_block(st.st_rdev)), "loop",
+                                   "backing_file")) as f:
+                backing = f.read().strip()
+            rdevs.extend(r for _n, r in _loops_backing(backing) if r != st.st_rdev)
+        except OSError:
+            pass
     else:
         rdevs.extend(r for _n, r in _loops_backing(path))
     for rdev in rdevs:

@@ -248,10 +248,6 @@ def sha(data):
     return hashlib.sha256(data).hexdigest()
 
 
-def chain_next(prev, seg_hash):
-    return hashlib.sha256((prev + seg_hash).encode("ascii")).hexdigest()
-
-
 # the command ---------------------------------------------------------------------------------
 
 class Migration(object):
@@ -426,36 +422,38 @@ class Migration(object):
                 "segments": len(p.segments), "shift": p.shift, "new_mbr": sha(p.new_mbr)}
 
     def write_all(self, done):
+        """Write the segments; on resume, segments the journal calls done are compared with the
+        stream chunk by chunk (O_DIRECT reads) and rewritten where they differ, so a resumed run
+        never trusts the disk blindly (e.g. after a run that was fed a corrupt stream)."""
         p = self.plan
-        dev = self.dev
         if done == 0:
             self.journal.payload = {}
-            self.journal.commit(state=states.WRITE, done=0, chain=sha(self.image_id.encode()),
-                                boot_final=None, **self.base_payload())
+            self.journal.commit(state=states.WRITE, done=0, boot_stream=None, boot_final=None,
+                                **self.base_payload())
             self.written = True
         stream = Stream(self.head, self.reader)
         stream.skip_to(p.copy_start)
-        chain = sha(self.image_id.encode())
         prog = Progress(p.copy_end - p.copy_start, "write")
         for seg in p.segments:
-            if seg.index < done:
+            if seg.index == 0 and done >= 1:
                 h = self.hash_stream(stream, seg, prog)
-                chain = chain_next(chain, h)
-                if seg.index == done - 1 and chain != self.journal.payload.get("chain"):
-                    raise UsageError("the image differs from the one this migration started "
-                                     "with (segment %d)" % seg.index,
-                                     "run migrate with the original image, or add "
-                                     "--discard-journal to start over")
+                if h != self.journal.payload.get("boot_stream"):
+                    raise MigrateFailed("the image's resin-boot differs from the one written by "
+                                        "the interrupted run",
+                                        "run the same command with --discard-journal")
+                continue
+            if seg.index < done:
+                self.sync_segment(stream, seg, prog)
                 continue
             if self.machine.state != states.WRITE:
                 self.machine.go(states.WRITE)
             h = self.write_segment(stream, seg, prog)
-            chain = chain_next(chain, h)
             extra = {}
             if seg.index == 0:
                 self.machine.go(states.INJECT)
+                extra["boot_stream"] = h
                 extra["boot_final"] = self.inject_boot()
-            self.journal.commit(state=states.WRITE, done=seg.index + 1, chain=chain, **extra)
+            self.journal.commit(state=states.WRITE, done=seg.index + 1, **extra)
             self.written = True
         prog.report()
         return stream
@@ -471,6 +469,36 @@ class Migration(object):
             pos += n
             prog.add(n)
         return h.hexdigest()
+
+    def sync_segment(self, stream, seg, prog):
+        """A segment done by an earlier run: compare with the stream, rewrite what differs."""
+        dev = self.dev
+        target = self.plan.target(seg.start)
+        view = dev.view
+        h = hashlib.sha256()
+        pos = seg.start
+        rewritten = 0
+        while pos < seg.end:
+            n = min(blockdev.BUF, seg.end - pos)
+            stream.readinto(view, n)
+            want = bytes(view[:n])
+            h.update(want)
+            off = target + (pos - seg.start)
+            if dev.pread_direct(off, n) != want:
+                view[:n] = want
+                dev.write_buf(off, n)
+                self.written = True
+                rewritten += n
+            pos += n
+            prog.add(n)
+        if rewritten:
+            dev.sync()
+            log.event("ERROR", "segment %d (%s): %d MiB on the disk differed from the image and "
+                      "were rewritten" % (seg.index, seg.name, rewritten // MIB), level="warn")
+            if dev.hash_region(target, seg.size) != h.hexdigest():
+                raise MigrateFailed("verification failed: %s (segment %d) reads back differently "
+                                    "from the image" % (seg.name, seg.index),
+                                    "the SD card may be failing; run the same command again")
 
     def write_segment(self, stream, seg, prog):
         dev = self.dev
@@ -612,7 +640,8 @@ class Migration(object):
         if isinstance(e, (formats.FormatError, fatread.FatError, layout.LayoutError)):
             e = (MigrateFailed if self.written else UsageError)(
                 str(e), "use an intact balenaOS image" + (
-                    "; the old boot partition still boots MIGOS" if self.written else ""))
+                    " and run migrate again: it resumes (the old boot partition still boots "
+                    "MIGOS)" if self.written else ""))
         elif not isinstance(e, MigosError):
             return e
         if self.written and e.exit_code == 2:
