@@ -206,9 +206,14 @@ class Device(object):
 
     def write_buf(self, offset, n):
         """Write the first ``n`` bytes of ``self.view`` at ``offset``."""
+        self.write_view(offset, self.view[:n])
+
+    def write_view(self, offset, view):
+        """Write a page-aligned buffer (a memoryview of an mmap) at ``offset``."""
+        n = len(view)
         done = 0
         while done < n:
-            w = os.pwrite(self.fd, self.view[done:n], offset + done)
+            w = os.pwrite(self.fd, view[done:n], offset + done)
             if w <= 0:
                 raise DeviceError("write failed at %d on %s" % (offset + done, self.path))
             done += w

@@ -14,10 +14,17 @@ The state machine is in :mod:`states`, the layout in :mod:`layout`, the journal 
 
 import hashlib
 import json
+import mmap
 import os
 import re
 import struct
+import threading
 import time
+
+try:
+    import queue
+except ImportError:  # pragma: no cover
+    import Queue as queue
 
 from .. import config as configmod
 from .. import log
@@ -167,6 +174,64 @@ class Stream(object):
         return got
 
 
+class Prefetcher(object):
+    """Decompresses ahead in a thread into a few page-aligned buffers (bounded memory), so that
+    inflating the next chunk overlaps hashing and writing the current one.  Chunks follow the
+    segments in order, each at most one buffer long."""
+
+    def __init__(self, stream, segments, nbuf=3, size=blockdev.BUF):
+        self.stream = stream
+        self.bufs = [mmap.mmap(-1, size) for _ in range(nbuf)]
+        self.views = [memoryview(b) for b in self.bufs]
+        self.free = queue.Queue()
+        for i in range(nbuf):
+            self.free.put(i)
+        self.out = queue.Queue()
+        self.stopped = False
+        self.chunks = []
+        for seg in segments:
+            pos = seg.start
+            while pos < seg.end:
+                n = min(size, seg.end - pos)
+                self.chunks.append((seg.index, pos, n))
+                pos += n
+        self.thread = threading.Thread(target=self._run, name="migos-prefetch")
+        self.thread.daemon = True
+        self.thread.start()
+
+    def _run(self):
+        try:
+            for si, pos, n in self.chunks:
+                i = self.free.get()
+                if i is None or self.stopped:
+                    return
+                self.stream.readinto(self.views[i], n)
+                self.out.put((si, pos, n, i))
+            self.out.put(None)
+        except BaseException as e:  # handed to the consumer
+            self.out.put(e)
+
+    def segment(self, seg):
+        """Yield (pos, view) for each chunk of ``seg``; a view is valid until the next one."""
+        pos = seg.start
+        while pos < seg.end:
+            item = self.out.get()
+            if isinstance(item, BaseException):
+                raise item
+            si, cpos, n, i = item
+            assert si == seg.index and cpos == pos, "prefetch out of order"
+            try:
+                yield pos, self.views[i][:n]
+            finally:
+                self.free.put(i)
+            pos += n
+
+    def close(self):
+        self.stopped = True
+        self.free.put(None)
+        self.thread.join(5)
+
+
 # preflight helpers ---------------------------------------------------------------------------
 
 def read_nm_files(paths):
@@ -258,6 +323,7 @@ class Migration(object):
         self.src = None
         self.machine = states.Machine(self._changed)
         self.t0 = time.monotonic()
+        self.timings = {"verify_s": 0.0, "inject_s": 0.0, "write_phase_s": 0.0}
 
     def _changed(self, old, new):
         if old is not None and old != states.FAILED:
@@ -434,62 +500,55 @@ class Migration(object):
         stream = Stream(self.head, self.reader)
         stream.skip_to(p.copy_start)
         prog = Progress(p.copy_end - p.copy_start, "write")
-        for seg in p.segments:
-            if seg.index == 0 and done >= 1:
-                h = self.hash_stream(stream, seg, prog)
-                if h != self.journal.payload.get("boot_stream"):
-                    raise MigrateFailed("the image's resin-boot differs from the one written by "
-                                        "the interrupted run",
-                                        "run the same command with --discard-journal")
-                continue
-            if seg.index < done:
-                self.sync_segment(stream, seg, prog)
-                continue
-            if self.machine.state != states.WRITE:
-                self.machine.go(states.WRITE)
-            h = self.write_segment(stream, seg, prog)
-            extra = {}
-            if seg.index == 0:
-                self.machine.go(states.INJECT)
-                extra["boot_stream"] = h
-                extra["boot_final"] = self.inject_boot()
-            self.journal.commit(state=states.WRITE, done=seg.index + 1, **extra)
-            self.written = True
+        pf = Prefetcher(stream, p.segments)
+        try:
+            for seg in p.segments:
+                if seg.index == 0 and done >= 1:
+                    h = self.hash_stream(pf, seg, prog)
+                    if h != self.journal.payload.get("boot_stream"):
+                        raise MigrateFailed("the image's resin-boot differs from the one written "
+                                            "by the interrupted run",
+                                            "run the same command with --discard-journal")
+                    continue
+                if seg.index < done:
+                    self.sync_segment(pf, seg, prog)
+                    continue
+                if self.machine.state != states.WRITE:
+                    self.machine.go(states.WRITE)
+                h = self.write_segment(pf, seg, prog)
+                extra = {}
+                if seg.index == 0:
+                    self.machine.go(states.INJECT)
+                    extra["boot_stream"] = h
+                    extra["boot_final"] = self.inject_boot()
+                self.journal.commit(state=states.WRITE, done=seg.index + 1, **extra)
+                self.written = True
+        finally:
+            pf.close()
         prog.report()
         return stream
 
-    def hash_stream(self, stream, seg, prog):
+    def hash_stream(self, pf, seg, prog):
         h = hashlib.sha256()
-        view = self.dev.view
-        pos = seg.start
-        while pos < seg.end:
-            n = min(blockdev.BUF, seg.end - pos)
-            stream.readinto(view, n)
-            h.update(view[:n])
-            pos += n
-            prog.add(n)
+        for _pos, view in pf.segment(seg):
+            h.update(view)
+            prog.add(len(view))
         return h.hexdigest()
 
-    def sync_segment(self, stream, seg, prog):
+    def sync_segment(self, pf, seg, prog):
         """A segment done by an earlier run: compare with the stream, rewrite what differs."""
         dev = self.dev
         target = self.plan.target(seg.start)
-        view = dev.view
         h = hashlib.sha256()
-        pos = seg.start
         rewritten = 0
-        while pos < seg.end:
-            n = min(blockdev.BUF, seg.end - pos)
-            stream.readinto(view, n)
-            want = bytes(view[:n])
-            h.update(want)
+        for pos, view in pf.segment(seg):
+            n = len(view)
+            h.update(view)
             off = target + (pos - seg.start)
-            if dev.pread_direct(off, n) != want:
-                view[:n] = want
-                dev.write_buf(off, n)
+            if dev.pread_direct(off, n) != bytes(view):
+                dev.write_view(off, view)
                 self.written = True
                 rewritten += n
-            pos += n
             prog.add(n)
         if rewritten:
             dev.sync()
@@ -500,23 +559,20 @@ class Migration(object):
                                     "from the image" % (seg.name, seg.index),
                                     "the SD card may be failing; run the same command again")
 
-    def write_segment(self, stream, seg, prog):
+    def write_segment(self, pf, seg, prog):
         dev = self.dev
         target = self.plan.target(seg.start)
         h = hashlib.sha256()
-        view = dev.view
-        pos = seg.start
-        while pos < seg.end:
-            n = min(blockdev.BUF, seg.end - pos)
-            stream.readinto(view, n)
-            h.update(view[:n])
-            dev.write_buf(target + (pos - seg.start), n)
+        for pos, view in pf.segment(seg):
+            h.update(view)
+            dev.write_view(target + (pos - seg.start), view)
             self.written = True
-            pos += n
-            prog.add(n)
+            prog.add(len(view))
         dev.sync()
         want = h.hexdigest()
+        t = time.monotonic()
         got = dev.hash_region(target, seg.size)
+        self.timings["verify_s"] += time.monotonic() - t
         if got != want:
             raise MigrateFailed("verification failed: %s (segment %d at %d MiB) reads back "
                                 "differently from the image" % (seg.name, seg.index, target // MIB),
@@ -536,6 +592,13 @@ class Migration(object):
         return fatread.Fat(rd)
 
     def inject_boot(self):
+        t = time.monotonic()
+        try:
+            return self._inject_boot()
+        finally:
+            self.timings["inject_s"] += time.monotonic() - t
+
+    def _inject_boot(self):
         p = self.plan
         files = inject.files_to_inject(self.cfg.to_json(self.args.hostname), self.nm_files)
         inject.inject(self.dev.path, p.new_boot_start, files, self.boot_fat())
@@ -617,12 +680,17 @@ class Migration(object):
                 self.machine.go(states.DONE)
                 log.event("SUCCESS", "the device already boots balenaOS from this image")
                 return 0
+            t = time.monotonic()
             self.write_all(done)
+            self.timings["write_phase_s"] = time.monotonic() - t - self.timings["verify_s"] - \
+                self.timings["inject_s"]
             self.drain()
             self.check()
             self.switch()
+            total = time.monotonic() - self.t0
             log.event("SUCCESS", "migration complete in %.1fs: the device boots balenaOS on its "
-                      "next start" % (time.monotonic() - self.t0))
+                      "next start" % total, timings=dict(
+                          (k, round(v, 3)) for k, v in dict(self.timings, total_s=total).items()))
             return 0
         except Exception as e:
             self.fail(e)
