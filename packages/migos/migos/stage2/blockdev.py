@@ -218,18 +218,20 @@ class Device(object):
                 raise DeviceError("write failed at %d on %s" % (offset + done, self.path))
             done += w
 
-    def hash_region(self, offset, length, progress=None):
-        """sha256 of ``length`` bytes at ``offset`` read from the medium."""
+    def hash_region(self, offset, length, progress=None, view=None):
+        """sha256 of ``length`` bytes at ``offset`` read from the medium (into ``view``, a
+        page-aligned buffer of BUF bytes; default: the device's own buffer)."""
+        view = self.view if view is None else view
         h = hashlib.sha256()
         self._drop_cache(offset, length)
         pos = offset
         end = offset + length
         while pos < end:
             n = min(BUF, end - pos)
-            got = os.preadv(self.fd, [self.view[:n]], pos)
+            got = os.preadv(self.fd, [view[:n]], pos)
             if got != n:
                 raise DeviceError("short read at %d on %s" % (pos, self.path))
-            h.update(self.view[:n])
+            h.update(view[:n])
             pos += n
             if progress:
                 progress(n)

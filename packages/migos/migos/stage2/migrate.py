@@ -162,6 +162,8 @@ class Stream(object):
                 take = min(n - got, self.head.length - self.pos)
                 data = self.head.read(self.pos, take)
             else:
+                if self.head.chunks:
+                    self.head.chunks = []  # never read again: give the memory back
                 data = self.reader.read(n - got)
                 if not data:
                     raise formats.FormatError(
@@ -230,6 +232,56 @@ class Prefetcher(object):
         self.stopped = True
         self.free.put(None)
         self.thread.join(5)
+
+
+class Verifier(object):
+    """Reads written segments back (O_DIRECT) in a thread while the next one is written.
+    Results come back in order; the journal counts a segment done only once it verified."""
+
+    def __init__(self, dev):
+        self.dev = dev
+        self.buf = mmap.mmap(-1, blockdev.BUF)
+        self.view = memoryview(self.buf)
+        self.todo = queue.Queue()
+        self.done = queue.Queue()
+        self.pending = []
+        self.thread = threading.Thread(target=self._run, name="migos-verify")
+        self.thread.daemon = True
+        self.thread.start()
+
+    def _run(self):
+        while True:
+            item = self.todo.get()
+            if item is None:
+                return
+            seg, target, want = item
+            try:
+                got = self.dev.hash_region(target, seg.size, view=self.view)
+                self.done.put((seg, got == want, None))
+            except BaseException as e:
+                self.done.put((seg, False, e))
+
+    def submit(self, seg, target, want):
+        self.pending.append(seg)
+        self.todo.put((seg, target, want))
+
+    def results(self, block):
+        """Yield verified segments in order (raise on a mismatch)."""
+        while self.pending and (block or not self.done.empty()):
+            seg, ok, err = self.done.get()
+            assert seg is self.pending[0]
+            self.pending.pop(0)
+            if err is not None:
+                raise err
+            if not ok:
+                raise MigrateFailed("verification failed: %s (segment %d) reads back "
+                                    "differently from the image" % (seg.name, seg.index),
+                                    "the SD card may be failing; run the same command again")
+            yield seg
+
+    def close(self):
+        self.todo.put(None)
+        self.thread.join(30)
 
 
 # preflight helpers ---------------------------------------------------------------------------
@@ -501,6 +553,7 @@ class Migration(object):
         stream.skip_to(p.copy_start)
         prog = Progress(p.copy_end - p.copy_start, "write")
         pf = Prefetcher(stream, p.segments)
+        ver = Verifier(self.dev)
         try:
             for seg in p.segments:
                 if seg.index == 0 and done >= 1:
@@ -515,18 +568,41 @@ class Migration(object):
                     continue
                 if self.machine.state != states.WRITE:
                     self.machine.go(states.WRITE)
+                target = self.plan.target(seg.start)
                 h = self.write_segment(pf, seg, prog)
-                extra = {}
                 if seg.index == 0:
+                    # resin-boot: verified right away, then injected, then verified again
+                    self.verify_now(seg, target, h)
                     self.machine.go(states.INJECT)
-                    extra["boot_stream"] = h
-                    extra["boot_final"] = self.inject_boot()
-                self.journal.commit(state=states.WRITE, done=seg.index + 1, **extra)
-                self.written = True
+                    final = self.inject_boot()
+                    self.journal.commit(state=states.WRITE, done=1, boot_stream=h,
+                                        boot_final=final)
+                    continue
+                ver.submit(seg, target, h)
+                self.commit_verified(ver, block=False)
+            self.commit_verified(ver, block=True)
         finally:
             pf.close()
+            ver.close()
         prog.report()
         return stream
+
+    def commit_verified(self, ver, block):
+        t = time.monotonic()
+        for seg in ver.results(block):
+            self.journal.commit(state=states.WRITE, done=seg.index + 1)
+            log.debug("segment %d %s verified" % (seg.index, seg.name), segment=seg.index)
+        if block:
+            self.timings["verify_s"] += time.monotonic() - t
+
+    def verify_now(self, seg, target, want):
+        t = time.monotonic()
+        got = self.dev.hash_region(target, seg.size)
+        self.timings["verify_s"] += time.monotonic() - t
+        if got != want:
+            raise MigrateFailed("verification failed: %s (segment %d at %d MiB) reads back "
+                                "differently from the image" % (seg.name, seg.index, target // MIB),
+                                "the SD card may be failing; run the same command again")
 
     def hash_stream(self, pf, seg, prog):
         h = hashlib.sha256()
@@ -560,6 +636,7 @@ class Migration(object):
                                     "the SD card may be failing; run the same command again")
 
     def write_segment(self, pf, seg, prog):
+        """Stream one segment to its place, hashing it; flushed; returns the sha256."""
         dev = self.dev
         target = self.plan.target(seg.start)
         h = hashlib.sha256()
@@ -569,17 +646,7 @@ class Migration(object):
             self.written = True
             prog.add(len(view))
         dev.sync()
-        want = h.hexdigest()
-        t = time.monotonic()
-        got = dev.hash_region(target, seg.size)
-        self.timings["verify_s"] += time.monotonic() - t
-        if got != want:
-            raise MigrateFailed("verification failed: %s (segment %d at %d MiB) reads back "
-                                "differently from the image" % (seg.name, seg.index, target // MIB),
-                                "the SD card may be failing; run the same command again")
-        log.debug("segment %d %s verified" % (seg.index, seg.name), segment=seg.index,
-                  sha256=want)
-        return want
+        return h.hexdigest()
 
     def boot_fat(self):
         start = self.plan.new_boot_start
