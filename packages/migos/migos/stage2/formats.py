@@ -195,6 +195,13 @@ class ZstdReader(object):
         except self._error as e:
             raise FormatError("the zstd image is corrupt (%s)" % e)
 
+    def readinto(self, view):
+        """Decompress straight into ``view`` (no temporary bytes object); returns the count."""
+        try:
+            return self.reader.readinto(view)
+        except self._error as e:
+            raise FormatError("the zstd image is corrupt (%s)" % e)
+
     def finish(self):
         while self.read(READ):
             pass

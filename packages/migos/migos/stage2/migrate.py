@@ -34,6 +34,7 @@ from . import blockdev, fatread, formats, inject, journal, layout, mbr, sources,
 MIB = layout.MIB
 HEAD_CHUNK = 1 * MIB
 HEAD_LIMIT = 48 * MIB
+READ_PIECE = 1 * MIB     # largest temporary bytes object taken from a decompressor
 BOOT_LABELS = ("resin-boot", "balena-boot")
 EXT4_LABELS = {
     2: ("resin-rootA", "balena-rootA"),
@@ -164,7 +165,15 @@ class Stream(object):
             else:
                 if self.head.chunks:
                     self.head.chunks = []  # never read again: give the memory back
-                data = self.reader.read(n - got)
+                if view is not None and hasattr(self.reader, "readinto"):
+                    k = self.reader.readinto(view[got:n])
+                    if k:
+                        got += k
+                        self.pos += k
+                        continue
+                    data = b""
+                else:
+                    data = self.reader.read(min(n - got, READ_PIECE))
                 if not data:
                     raise formats.FormatError(
                         "the image is truncated: it ends at byte %d, inside its partitions" %
