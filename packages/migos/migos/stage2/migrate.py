@@ -186,9 +186,10 @@ class Stream(object):
 
 
 class Prefetcher(object):
-    """Decompresses ahead in a thread into a few page-aligned buffers (bounded memory), so that
-    inflating the next chunk overlaps hashing and writing the current one.  Chunks follow the
-    segments in order, each at most one buffer long."""
+    """Decompresses (and hashes) ahead in a thread into a few page-aligned buffers (bounded
+    memory), so that inflating the next chunk overlaps writing the current one.  Chunks follow
+    the segments in order, each at most one buffer long; :meth:`digest` gives each segment's
+    sha256 of the stream."""
 
     def __init__(self, stream, segments, nbuf=3, size=blockdev.BUF):
         self.stream = stream
@@ -200,6 +201,8 @@ class Prefetcher(object):
         self.out = queue.Queue()
         self.stopped = False
         self.chunks = []
+        self.digests = {}
+        self.ends = dict((seg.index, seg.end) for seg in segments)
         for seg in segments:
             pos = seg.start
             while pos < seg.end:
@@ -212,15 +215,25 @@ class Prefetcher(object):
 
     def _run(self):
         try:
+            h, cur = None, None
             for si, pos, n in self.chunks:
                 i = self.free.get()
                 if i is None or self.stopped:
                     return
                 self.stream.readinto(self.views[i], n)
+                if si != cur:
+                    h, cur = hashlib.sha256(), si
+                h.update(self.views[i][:n])
+                if pos + n == self.ends[si]:
+                    self.digests[si] = h.hexdigest()
                 self.out.put((si, pos, n, i))
             self.out.put(None)
         except BaseException as e:  # handed to the consumer
             self.out.put(e)
+
+    def digest(self, seg):
+        """sha256 of the segment's stream bytes (after all its chunks were consumed)."""
+        return self.digests[seg.index]
 
     def segment(self, seg):
         """Yield (pos, view) for each chunk of ``seg``; a view is valid until the next one."""
@@ -614,21 +627,17 @@ class Migration(object):
                                 "the SD card may be failing; run the same command again")
 
     def hash_stream(self, pf, seg, prog):
-        h = hashlib.sha256()
         for _pos, view in pf.segment(seg):
-            h.update(view)
             prog.add(len(view))
-        return h.hexdigest()
+        return pf.digest(seg)
 
     def sync_segment(self, pf, seg, prog):
         """A segment done by an earlier run: compare with the stream, rewrite what differs."""
         dev = self.dev
         target = self.plan.target(seg.start)
-        h = hashlib.sha256()
         rewritten = 0
         for pos, view in pf.segment(seg):
             n = len(view)
-            h.update(view)
             off = target + (pos - seg.start)
             if dev.pread_direct(off, n) != bytes(view):
                 dev.write_view(off, view)
@@ -639,23 +648,18 @@ class Migration(object):
             dev.sync()
             log.event("ERROR", "segment %d (%s): %d MiB on the disk differed from the image and "
                       "were rewritten" % (seg.index, seg.name, rewritten // MIB), level="warn")
-            if dev.hash_region(target, seg.size) != h.hexdigest():
-                raise MigrateFailed("verification failed: %s (segment %d) reads back differently "
-                                    "from the image" % (seg.name, seg.index),
-                                    "the SD card may be failing; run the same command again")
+            self.verify_now(seg, target, pf.digest(seg))
 
     def write_segment(self, pf, seg, prog):
-        """Stream one segment to its place, hashing it; flushed; returns the sha256."""
+        """Stream one segment to its place; flushed; returns the stream's sha256 of it."""
         dev = self.dev
         target = self.plan.target(seg.start)
-        h = hashlib.sha256()
         for pos, view in pf.segment(seg):
-            h.update(view)
             dev.write_view(target + (pos - seg.start), view)
             self.written = True
             prog.add(len(view))
         dev.sync()
-        return h.hexdigest()
+        return pf.digest(seg)
 
     def boot_fat(self):
         start = self.plan.new_boot_start
