@@ -3,10 +3,8 @@
 import gzip
 import io
 import lzma
-import os
 import random
 import zipfile
-import zlib
 
 import pytest
 

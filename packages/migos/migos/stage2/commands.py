@@ -1,6 +1,5 @@
 """Registers the stage-2 subcommands: ``migos migrate`` (DESIGN.md 2)."""
 
-import argparse
 
 
 def register(sub, common_options):

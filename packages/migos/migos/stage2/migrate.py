@@ -18,13 +18,9 @@ import mmap
 import os
 import re
 import struct
+import queue
 import threading
 import time
-
-try:
-    import queue
-except ImportError:  # pragma: no cover
-    import Queue as queue
 
 from .. import config as configmod
 from .. import log

@@ -23,13 +23,10 @@ import socket
 import ssl
 import time
 
-try:  # Python 3
-    import http.client as httplib
-    from urllib.error import HTTPError, URLError
-    from urllib.parse import quote, urlsplit
-    from urllib.request import Request, build_opener, HTTPSHandler, HTTPRedirectHandler
-except ImportError:  # pragma: no cover
-    raise
+import http.client as httplib
+from urllib.error import HTTPError, URLError
+from urllib.parse import quote, urlsplit
+from urllib.request import Request, build_opener, HTTPSHandler, HTTPRedirectHandler
 
 from .. import log
 from ..errors import UsageError
