@@ -1,7 +1,6 @@
 """Registers the stage-2 subcommands: ``migos migrate`` (DESIGN.md 2)."""
 
 
-
 def register(sub, common_options):
     p = sub.add_parser(
         "migrate", help="stream a balenaOS image onto DEV next to the old boot partition and "
