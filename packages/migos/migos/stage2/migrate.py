@@ -40,6 +40,7 @@ EXT4_LABELS = {
 }
 HOSTNAME_RE = re.compile(r"^(?=.{1,63}$)[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?$")
 _ZERO = bytes(HEAD_CHUNK)
+_GONE = object()
 
 
 class MigrateFailed(MigosError):
@@ -119,6 +120,7 @@ class Head(object):
         while off < end:
             i, o = divmod(off, HEAD_CHUNK)
             c = self.chunks[i]
+            assert c is not _GONE, "head chunk read after release"
             take = min(end - off, HEAD_CHUNK - o)
             out.append(bytes(take) if c is None else c[o:o + take])
             off += take
@@ -146,6 +148,7 @@ class Stream(object):
         self.head = head
         self.reader = reader
         self.pos = 0
+        self.released = 0
 
     def skip_to(self, pos):
         while self.pos < pos:
@@ -158,9 +161,13 @@ class Stream(object):
             if self.pos < self.head.length:
                 take = min(n - got, self.head.length - self.pos)
                 data = self.head.read(self.pos, take)
+                # the stream never goes back: give the memory of passed chunks back
+                for i in range(self.released, (self.pos + take) // HEAD_CHUNK):
+                    self.head.chunks[i] = _GONE
+                self.released = max(self.released, (self.pos + take) // HEAD_CHUNK)
             else:
                 if self.head.chunks:
-                    self.head.chunks = []  # never read again: give the memory back
+                    self.head.chunks = []
                 if view is not None and hasattr(self.reader, "readinto"):
                     k = self.reader.readinto(view[got:n])
                     if k:
