@@ -579,6 +579,8 @@ class Migration(object):
         prog = Progress(p.copy_end - p.copy_start, "write")
         pf = Prefetcher(stream, p.segments)
         ver = Verifier(self.dev)
+        self.verified = done
+        self.last_commit = time.monotonic()
         try:
             for seg in p.segments:
                 if seg.index == 0 and done >= 1:
@@ -612,11 +614,24 @@ class Migration(object):
         prog.report()
         return stream
 
+    COMMIT_INTERVAL = 1.0
+
     def commit_verified(self, ver, block):
+        """Record verified segments in the journal: data flushed first, then the record.
+        On fast media the journal is written at most once a second (fewer flushes); the
+        last verified segment is always recorded when ``block``."""
         t = time.monotonic()
+        last = None
         for seg in ver.results(block):
-            self.journal.commit(state=states.WRITE, done=seg.index + 1)
+            last = seg
             log.debug("segment %d %s verified" % (seg.index, seg.name), segment=seg.index)
+        if last is not None:
+            self.verified = last.index + 1
+        if self.verified > self.journal.payload.get("done", 0) and (
+                block or time.monotonic() - self.last_commit >= self.COMMIT_INTERVAL):
+            self.dev.sync()
+            self.journal.commit(state=states.WRITE, done=self.verified)
+            self.last_commit = time.monotonic()
         if block:
             self.timings["verify_s"] += time.monotonic() - t
 
@@ -661,7 +676,6 @@ class Migration(object):
             dev.write_view(target + (pos - seg.start), view)
             self.written = True
             prog.add(len(view))
-        dev.sync()
         return pf.digest(seg)
 
     def boot_fat(self):
