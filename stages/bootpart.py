@@ -18,7 +18,7 @@ import jinja2
 
 from migos import boards
 
-from . import fit, kernel
+from . import fit, kernel, stamp
 from .target import REPO
 from .tools import run
 
@@ -77,8 +77,7 @@ def build_bootpart(ctx):
         env={"SOURCE_DATE_EPOCH": str(ctx.source_date_epoch)})
     shutil.copy(ctx.path("uboot", "u-boot.bin"), os.path.join(out, "migos", "u-boot.bin"))
     shutil.copy(ctx.path("migos.itb"), os.path.join(out, "migos.itb"))
-    with open(ctx.path("boot.stamp"), "w") as f:
-        f.write("\n".join(sorted(os.listdir(out))) + "\n")
+    stamp.write(ctx.path("boot.json"), [out])
 
 
 def tasks(ctx):
@@ -88,7 +87,7 @@ def tasks(ctx):
         "actions": [(build_bootpart, [ctx])],
         "file_dep": list(TEMPLATES.values()) + [__file__, ctx.path("kernel.json"), ctx.path("migos.itb"),
                                                 ctx.path("uboot", "u-boot.bin")],
-        "targets": [ctx.path("boot.stamp")],
+        "targets": [ctx.path("boot.json")],
         "uptodate": [_config(ctx)],
         "clean": [(shutil.rmtree, [ctx.path("boot"), True])],
     }

@@ -94,8 +94,8 @@ def write_pyz(path, epoch):
 
 
 def manifest(ctx, out, artefacts):
-    with open(ctx.path("rootfs.json")) as f:
-        root = json.load(f)
+    from . import stamp
+    root = stamp.read(ctx.path("rootfs.json"))["packages"]
     with open(ctx.path("fetch", "packages.json")) as f:
         extract = json.load(f)["extract"]
     build_only = set(ctx.target.build_only)
@@ -156,7 +156,7 @@ def tasks(ctx):
         "name": "dist",
         "doc": "publish dist/NAME: boot/, tarball, initramfs, vmlinuz, migos.pyz, manifest.json, SHA256SUMS",
         "actions": [(build_dist, [ctx])],
-        "file_dep": [__file__, ctx.path("boot.stamp"), ctx.path("initramfs.cpio.zst"), ctx.path("kernel.json"),
+        "file_dep": [__file__, ctx.path("boot.json"), ctx.path("initramfs.cpio.zst"), ctx.path("kernel.json"),
                      ctx.path("rootfs.json")] + source_files(),
         "targets": [os.path.join(ctx.dist, "SHA256SUMS")],
         "clean": [(remove_build, [ctx])],

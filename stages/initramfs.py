@@ -17,7 +17,7 @@ from libarchive import ffi
 from libarchive.entry import ArchiveEntry, FileType
 
 DEVICES = (("dev/console", 0o600, 5, 1), ("dev/null", 0o666, 1, 3))
-ZSTD_LEVEL = 19
+ZSTD_LEVEL = 10      # 19 saves 2.4 MB and costs 50 s per build
 
 
 def entries(trees):
@@ -104,7 +104,7 @@ def tasks(ctx):
         "name": "initramfs",
         "doc": "pack root + modules + MIGOS overlay into a reproducible newc cpio (zstd)",
         "actions": [(build_initramfs, [ctx])],
-        "file_dep": [ctx.path("pruned.list"), ctx.path("modules.list"), ctx.path("overlay.stamp"), __file__],
+        "file_dep": [ctx.path("pruned.json"), ctx.path("modules.json"), ctx.path("overlay.json"), __file__],
         "targets": [ctx.path("initramfs.cpio.zst"), ctx.path("initramfs.size")],
         "clean": True,
     }

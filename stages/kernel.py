@@ -12,7 +12,7 @@ import os
 import re
 import shutil
 
-from . import fetch
+from . import fetch, stamp
 from .tools import BuildError, pipe_to_tar
 
 FIRMWARE_BLOBS = ("bootcode.bin", "start*.elf", "fixup*.dat")
@@ -46,8 +46,7 @@ def unpack_kernel(ctx):
     for key in ("modules", "dtbs"):
         if not os.path.isdir(info[key]):
             raise BuildError("the kernel package has no %s directory (%s)" % (key, info[key]))
-    with open(ctx.path("kernel.json"), "w") as f:
-        json.dump(info, f, indent=1)
+    stamp.write(ctx.path("kernel.json"), [tree], **info)
 
 
 def info(ctx):

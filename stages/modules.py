@@ -9,7 +9,7 @@ the selection so busybox ``modprobe`` works in the image.
 import os
 import shutil
 
-from . import kernel
+from . import kernel, stamp
 from .tools import BuildError, run
 
 
@@ -94,8 +94,7 @@ def build_modules(ctx):
         if os.path.exists(os.path.join(src, meta)):
             shutil.copy2(os.path.join(src, meta), os.path.join(dest, meta))
     run("depmod", "-b", os.path.join(out, "usr"), release)
-    with open(ctx.path("modules.list"), "w") as f:
-        f.write("\n".join(chosen) + "\n")
+    stamp.write(ctx.path("modules.json"), [out], modules=chosen)
 
 
 def tasks(ctx):
@@ -104,7 +103,7 @@ def tasks(ctx):
         "doc": "select the kernel modules the Pi and qemu need (dependencies from modules.dep)",
         "actions": [(build_modules, [ctx])],
         "file_dep": [ctx.path("kernel.json"), __file__],
-        "targets": [ctx.path("modules.list")],
+        "targets": [ctx.path("modules.json")],
         "uptodate": [_config(ctx)],
         "clean": True,
     }

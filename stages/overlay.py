@@ -8,6 +8,7 @@ without caches), ``/usr/sbin/migos``, ``/etc/migos-release`` (version, target) a
 import os
 import shutil
 
+from . import stamp
 from .target import REPO
 
 MIGOS_SRC = os.path.join(REPO, "packages", "migos", "migos")
@@ -50,10 +51,9 @@ def build_overlay(ctx):
         shutil.copy(src, dest)
     write(os.path.join(out, "usr/sbin/migos"), '#!/bin/sh\nexec /usr/bin/python3 -m migos "$@"\n', 0o755)
     write(os.path.join(out, "etc/migos-release"), release_text(ctx))
-    with open(ctx.path("modules.list")) as f:
-        names = [os.path.basename(p)[:-3] for p in f.read().split() if p.endswith(".ko")]
+    names = [os.path.basename(p)[:-3] for p in stamp.read(ctx.path("modules.json"))["modules"]]
     write(os.path.join(out, "usr/lib/migos/modules.load"), "\n".join(sorted(names)) + "\n")
-    write(ctx.path("overlay.stamp"), ctx.version + "\n")
+    stamp.write(ctx.path("overlay.json"), [out], version=ctx.version)
 
 
 def tasks(ctx):
@@ -61,8 +61,8 @@ def tasks(ctx):
         "name": "overlay",
         "doc": "the MIGOS files (init, migos package, release) for the image",
         "actions": [(build_overlay, [ctx])],
-        "file_dep": [INIT_SRC, __file__, ctx.path("modules.list")] + source_files(),
-        "targets": [ctx.path("overlay.stamp")],
+        "file_dep": [INIT_SRC, __file__, ctx.path("modules.json")] + source_files(),
+        "targets": [ctx.path("overlay.json")],
         "uptodate": [_config(ctx)],
         "clean": True,
     }

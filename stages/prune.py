@@ -9,7 +9,6 @@ pruning removed (or that was never there).
 
 import fnmatch
 import glob
-import json
 import os
 import shutil
 
@@ -17,6 +16,7 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.dynamic import DynamicSection
 from elftools.elf.elffile import ELFFile
 
+from . import stamp
 from .tools import BuildError
 
 # Paths (relative, glob) removed whatever package owns them.
@@ -145,8 +145,7 @@ def build_pruned(ctx):
     src = ctx.path("rootfs")
     out = ctx.path("pruned")
     files = walk_files(src)
-    with open(ctx.path("rootfs.json")) as f:
-        installed = [p["name"] for p in json.load(f)]
+    installed = [p["name"] for p in stamp.read(ctx.path("rootfs.json"))["packages"]]
     build_only = set()
     for pkg in ctx.target.build_only:
         build_only.update(owned_files(src, pkg))
@@ -161,8 +160,7 @@ def build_pruned(ctx):
                     ignore=lambda d, names: [n for n in names
                                              if os.path.relpath(os.path.join(d, n), src) in doomed])
     check_elves(out)
-    with open(ctx.path("pruned.list"), "w") as f:
-        f.write("\n".join(sorted(doomed)) + "\n")
+    stamp.write(ctx.path("pruned.json"), [out], removed=sorted(doomed))
 
 
 def tasks(ctx):
@@ -171,6 +169,6 @@ def tasks(ctx):
         "doc": "drop docs, locales, caches and build-only packages; check every ELF's libraries",
         "actions": [(build_pruned, [ctx])],
         "file_dep": [ctx.path("rootfs.json"), __file__],
-        "targets": [ctx.path("pruned.list")],
+        "targets": [ctx.path("pruned.json")],
         "clean": True,
     }

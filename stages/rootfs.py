@@ -10,13 +10,12 @@ Output: ``build/NAME/rootfs/`` (renamed into place only when complete) and
 ``build/NAME/rootfs.json`` (dpkg's view of what is installed, for the manifest).
 """
 
-import json
 import os
 import shutil
 
 from debian import deb822
 
-from . import fetch
+from . import fetch, stamp
 from .tools import BuildError, pipe_to_tar, run
 
 MERGED_USR = ("bin", "sbin", "lib")
@@ -161,8 +160,7 @@ def build_rootfs(ctx):
             ", ".join(missing), ctx.path("rootfs.log")))
     cleanup(tmp)
     os.rename(tmp, final)
-    with open(ctx.path("rootfs.json"), "w") as f:
-        json.dump(state, f, indent=1)
+    stamp.write(ctx.path("rootfs.json"), [final], packages=state)
 
 
 def tasks(ctx):

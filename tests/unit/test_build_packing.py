@@ -1,8 +1,6 @@
 """Unit tests of the packing code: cpio, tarball and pyz are reproducible and complete."""
 
-import gzip
 import hashlib
-import io
 import os
 import subprocess
 import sys

@@ -139,7 +139,6 @@ def test_elf_check_names_missing_library(tmp_path):
     (root / "usr/lib").mkdir(parents=True)
     # a real host ELF (python's interpreter) in a root that lacks its libraries
     import shutil
-    import sys
     host = os.path.realpath("/bin/ls")
     shutil.copy(host, root / "usr/bin/ls")
     with pytest.raises(BuildError, match=r"pruned image lacks a library: usr/bin/ls needs "):
