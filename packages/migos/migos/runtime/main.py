@@ -71,6 +71,22 @@ def restore_boot(device):
     return rc == 0
 
 
+def disk_touched(device):
+    """True once any migration wrote to ``device``: a stage-2 journal record is on it."""
+    from ..stage2 import blockdev, journal, layout
+    try:
+        dev = blockdev.Device(device, write=False)
+    except Exception:
+        return True                  # cannot tell: assume the worst, never give back
+    try:
+        mbr = dev.pread_direct(0, 512)
+        return any(journal.read(dev, base) is not None for base in layout.journal_candidates(mbr))
+    except Exception:
+        return True
+    finally:
+        dev.close()
+
+
 def partition_device(device, n):
     return "%s%s%d" % (device, "p" if device[-1].isdigit() else "", n)
 
@@ -102,6 +118,7 @@ def main():
         network.up(keyfiles)
     argv = plan.migrate_argv(device, settings, files)
     attempt = 0
+    forward_only = disk_touched(device)      # resumed after a reset: the point of no return is behind us
     while True:
         watchdog.progress()
         rc = run_migrate(argv, watchdog)
@@ -110,6 +127,10 @@ def main():
             log.event("SUCCESS", "migration complete; rebooting into balenaOS")
             reboot(watchdog)
             return 0
+        if what == plan.GIVE_BACK and (forward_only or disk_touched(device)):
+            what = plan.RETRY
+            log.event("ERROR", "migrate refused to start, but this disk was already written: only "
+                      "forward from here, retrying")
         if what == plan.GIVE_BACK:
             log.event("FAIL", "migration refused before writing anything; giving the old OS back")
             if restore_boot(device):
@@ -119,6 +140,7 @@ def main():
             log.event("ERROR", "restore-boot failed; retrying in 60 s")
             time.sleep(60)
             continue
+        forward_only = True
         attempt += 1
         wait = plan.backoff(attempt)
         log.event("ERROR", "migration stopped (exit %d) after writing; resuming in %d s (attempt %d)"
