@@ -73,18 +73,11 @@ def restore_boot(device):
 
 def disk_touched(device):
     """True once any migration wrote to ``device``: a stage-2 journal record is on it."""
-    from ..stage2 import blockdev, journal, layout
+    from ..stage2 import journal
     try:
-        dev = blockdev.Device(device, write=False)
+        return journal.present(device)
     except Exception:
         return True                  # cannot tell: assume the worst, never give back
-    try:
-        mbr = dev.pread_direct(0, 512)
-        return any(journal.read(dev, base) is not None for base in layout.journal_candidates(mbr))
-    except Exception:
-        return True
-    finally:
-        dev.close()
 
 
 def partition_device(device, n):
