@@ -14,16 +14,14 @@ busybox and modules, whose init mounts resin-boot and prints
 ``BALENA BOOTED hostname=<hostname> uuid=<uuid>`` from the injected config.json.
 """
 
-import json
 import os
-import shutil
 import subprocess
 
 import libarchive
 from libarchive.entry import FileType
 
 from stages import initramfs, prune
-from .qemu import DIST, REPO, UBOOT_QEMU
+from .qemu import DIST, REPO
 
 BUILD = os.path.join(REPO, "build", "debian-arm64")
 GUEST_SERVER = "10.0.2.100"

@@ -26,26 +26,33 @@ from .qemu import UBOOT_QEMU, Machine, qemu_virt, require_dist
 pytestmark = pytest.mark.system
 
 
-def test_whole_migration_boots_balena(tmp_path):
-    require_dist()
-    work = str(tmp_path)
+def prepare(work, hostname):
+    """A bootable synthetic balenaOS image (zstd) and an old-OS disk with MIGOS installed that
+    migrates to it from http://10.0.2.100:8080 (the test server). Returns (disk, image, config)."""
     image = os.path.join(work, "balena.img")
     make_balena_image(image, "raspberrypi3-64", boot_files=pi.bootable_balena_files(work),
                       boot_mib=48, root_mib=16, state_mib=8, data_mib=8, kernel_mib=0.0625,
                       fill=0.3, random_fraction=0.3)
     packed = compress(image, "zst")
-    device_uuid = uuid.uuid4().hex
-    config = {"deviceType": "raspberrypi3-64", "applicationId": 1234, "uuid": device_uuid,
+    config = {"deviceType": "raspberrypi3-64", "applicationId": 1234, "uuid": uuid.uuid4().hex,
               "apiEndpoint": "http://%s:%d" % (pi.GUEST_SERVER, pi.GUEST_PORT),
               "apiKey": secrets.token_hex(16)}
     settings = {"format": 1, "image": {"source": "url", "url": "http://%s:%d/files/balena.img.zst"
                                        % (pi.GUEST_SERVER, pi.GUEST_PORT)},
-                "hostname": "pi-fleet-7", "log": {"log_level": "info"}}
+                "hostname": hostname, "log": {"log_level": "info"}}
     p1 = pi.migos_boot_files()
     p1["migos/migrate.json"] = json.dumps(settings).encode()
     p1["migos/config.json"] = json.dumps(config).encode()
     disk = os.path.join(work, "sd.img")
     make_old_os_disk(disk, size_mib=320, p1_start_mib=4, p1_size_mib=96, p1_files=p1)
+    return disk, packed, config
+
+
+def test_whole_migration_boots_balena(tmp_path):
+    require_dist()
+    work = str(tmp_path)
+    disk, packed, config = prepare(work, "pi-fleet-7")
+    device_uuid = config["uuid"]
     with BalenaApi(files={"balena.img.zst": packed}) as api:
         port = int(api.url.rsplit(":", 1)[1])
         argv = qemu_virt(bios=UBOOT_QEMU, disk=disk, forward=(pi.GUEST_SERVER, pi.GUEST_PORT, port))
@@ -67,51 +74,58 @@ def test_whole_migration_boots_balena(tmp_path):
         second.kill()
 
 
-# Kill points: (state line that arms the kill, extra delay in seconds). The chain below cuts
-# power (SIGKILL of qemu) at each one in turn on the same disk; every boot after a cut must
-# come up in MIGOS again (or, once switched, in balenaOS) and resume.
-KILL_POINTS = [("state WRITE", 0.5), ("state WRITE", 3.0), ("state INJECT", 0.0), ("state INJECT", 0.4),
-               ("state CHECK", 0.2), ("state SWITCH", 0.0), ("state PREFLIGHT", 0.3), ("state WRITE", 1.5),
-               ("state DRAIN", 0.0), ("state PLAN", 0.1), ("state WRITE", 5.0), ("state SWITCH", 0.05),
-               ("state CHECK", 0.0), ("state WRITE", 2.2), ("state INJECT", 0.8), ("MIGOS \\S+ ready", 2.0),
-               ("state WRITE", 0.0), ("state WRITE", 4.0), ("state SWITCH", 0.1), ("state DRAIN", 0.1)]
+# Kill points in the order a migration reaches them: (console line that arms the cut, extra delay
+# in seconds). The chain cuts power (SIGKILL of qemu) at each in turn on the same disk; every boot
+# after a cut must come up in MIGOS again and resume, until a cut after the MBR switch finds
+# balenaOS already in place.
+KILL_POINTS = [("MIGOS \\S+ ready", 2.0), ("state PREFLIGHT", 0.3), ("state PLAN", 0.1),
+               ("state WRITE", 0.5), ("state WRITE", 1.5), ("state WRITE", 3.0), ("state WRITE", 0.0),
+               ("state WRITE", 2.2), ("state WRITE", 4.0), ("state WRITE", 5.0),
+               ("state INJECT", 0.0), ("state INJECT", 0.4), ("state INJECT", 0.8),
+               ("state DRAIN", 0.0), ("state DRAIN", 0.1), ("state CHECK", 0.0), ("state CHECK", 0.2),
+               ("state SWITCH", 0.0), ("state SWITCH", 0.05), ("state SWITCH", 0.1)]
+
+
+def kill_points(n):
+    """``n`` kill points spread over KILL_POINTS, the first, INJECT and the last SWITCH always in."""
+    if n >= len(KILL_POINTS):
+        return list(KILL_POINTS)
+    must = {0, 10, len(KILL_POINTS) - 3}
+    step = (len(KILL_POINTS) - 1) / max(1, n - 1)
+    picked = sorted(must | {round(i * step) for i in range(n)})
+    while len(picked) > n:
+        extra = [i for i in picked if i not in must]
+        picked.remove(extra[len(extra) // 2])
+    return [KILL_POINTS[i] for i in picked]
 
 
 def test_power_cuts_during_a_migration_always_end_in_balena(tmp_path):
-    """A chain of power cuts across one migration (MIGOS_POWERCUTS of them, default 20, spread
-    over every state, MBR switch and config injection included); the device ends in balenaOS with
-    the right config.json, and every boot in between was MIGOS (never a half-written disk)."""
+    """A chain of power cuts across one migration (MIGOS_POWERCUTS of them, spread over every state,
+    the config injection and the MBR switch included); the device ends in balenaOS with the right
+    config.json, and every boot in between was MIGOS (never a half-written disk). The suite runs 8
+    (time budget); MIGOS_POWERCUTS=20 runs the whole list (about 8 minutes)."""
     require_dist()
-    cuts = int(os.environ.get("MIGOS_POWERCUTS", "20"))
-    work = str(tmp_path)
-    image = os.path.join(work, "balena.img")
-    make_balena_image(image, "raspberrypi3-64", boot_files=pi.bootable_balena_files(work),
-                      boot_mib=48, root_mib=16, state_mib=8, data_mib=8, kernel_mib=0.0625,
-                      fill=0.3, random_fraction=0.3)
-    packed = compress(image, "zst")
-    device_uuid = uuid.uuid4().hex
-    config = {"deviceType": "raspberrypi3-64", "applicationId": 1234, "uuid": device_uuid,
-              "apiEndpoint": "http://%s:%d" % (pi.GUEST_SERVER, pi.GUEST_PORT), "apiKey": secrets.token_hex(16)}
-    settings = {"format": 1, "image": {"source": "url", "url": "http://%s:%d/files/balena.img.zst"
-                                       % (pi.GUEST_SERVER, pi.GUEST_PORT)}, "hostname": "pi-cut"}
-    p1 = pi.migos_boot_files()
-    p1["migos/migrate.json"] = json.dumps(settings).encode()
-    p1["migos/config.json"] = json.dumps(config).encode()
-    disk = os.path.join(work, "sd.img")
-    make_old_os_disk(disk, size_mib=320, p1_start_mib=4, p1_size_mib=96, p1_files=p1)
+    cuts = int(os.environ.get("MIGOS_POWERCUTS", "8"))
+    disk, packed, config = prepare(str(tmp_path), "pi-cut")
+    work, device_uuid = str(tmp_path), config["uuid"]
     outcomes = []
     with BalenaApi(files={"balena.img.zst": packed}) as api:
         port = int(api.url.rsplit(":", 1)[1])
         argv = qemu_virt(bios=UBOOT_QEMU, disk=disk, forward=(pi.GUEST_SERVER, pi.GUEST_PORT, port))
-        for i, (arm, delay) in enumerate((KILL_POINTS * 3)[:cuts]):
+        switched = False
+        for i, (arm, delay) in enumerate(kill_points(cuts)):
             m = Machine(argv, os.path.join(work, "cut%02d.log" % i))
             try:
                 first = m.expect(r"^MIGOS \S+ ready$|BALENA BOOTED", timeout=180)
                 if "BALENA" in first.group(0):
+                    # only a cut at or after the MBR switch may leave balenaOS in place
+                    assert switched, "balenaOS booted before any cut reached the switch: %s" % outcomes
                     outcomes.append((arm, "already balena"))
                     continue
+                switched = switched or "SWITCH" in arm
                 try:
-                    m.expect(arm, timeout=120)
+                    if not re.search(arm, first.group(0)):
+                        m.expect(arm, timeout=120)
                     time.sleep(delay)
                     outcomes.append((arm, "cut"))
                 except AssertionError:
@@ -133,4 +147,4 @@ def test_power_cuts_during_a_migration_always_end_in_balena(tmp_path):
         assert (m.group(1), m.group(2)) == ("pi-cut", device_uuid), outcomes
     finally:
         balena.kill()
-    assert sum(1 for _, o in outcomes if o.startswith("cut")) >= min(cuts, 10), outcomes
+    assert sum(1 for _, o in outcomes if o == "cut") >= len(outcomes) - 2, outcomes

@@ -34,6 +34,18 @@ def detect(head):
     return RAW
 
 
+def read_exact(reader, n):
+    """Up to ``n`` bytes from ``reader``, fewer only at the end of the stream."""
+    parts = []
+    while n > 0:
+        b = reader.read(n)
+        if not b:
+            break
+        parts.append(b)
+        n -= len(b)
+    return b"".join(parts)
+
+
 class Counted(object):
     """Wraps the raw source: counts bytes, lets a few bytes be pushed back."""
 
@@ -56,14 +68,7 @@ class Counted(object):
             self.count -= len(data)
 
     def read_exact(self, n):
-        parts = []
-        while n > 0:
-            b = self.read(n)
-            if not b:
-                break
-            parts.append(b)
-            n -= len(b)
-        return b"".join(parts)
+        return read_exact(self, n)
 
 
 class RawReader(object):

@@ -97,7 +97,7 @@ class Head(object):
 
     def fill_to(self, end):
         while self.length < end and not self.eof:
-            data = read_exact(self.reader, HEAD_CHUNK)
+            data = formats.read_exact(self.reader, HEAD_CHUNK)
             if len(data) < HEAD_CHUNK:
                 self.eof = True
             if not data:
@@ -128,17 +128,6 @@ class Head(object):
 
     def image_id(self):
         return "%s/%d" % (self.sha.hexdigest(), self.length)
-
-
-def read_exact(reader, n):
-    parts = []
-    while n > 0:
-        b = reader.read(n)
-        if not b:
-            break
-        parts.append(b)
-        n -= len(b)
-    return b"".join(parts)
 
 
 class Stream(object):
