@@ -38,6 +38,10 @@ def build_parser():
     from .stage2 import commands as stage2_commands
     stage1_commands.register(sub, common_options)
     stage2_commands.register(sub, common_options)
+    from .fleet import operator as fleet_commands
+    from . import genboot
+    fleet_commands.register(sub, common_options)
+    genboot.register(sub, common_options)
     return parser
 
 
