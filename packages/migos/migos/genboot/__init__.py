@@ -40,7 +40,8 @@ def inspect(target, files, force=False, do_format=False):
         raise plan.Refusal("%s: %s" % (target, facts["error"]), "pass an existing TARGET")
     plan.check_disk(facts, force=force)
     if do_format:
-        return facts, None
+        need = plan.space_needed([len(d) for d in files.values()], 4096, len(files))
+        return facts, {"layout": plan.format_layout(facts["size"], need)}
     part = plan.boot_partition(facts, _read_at(target, 0))
     fat_boot = _read_at(target, part["start"])
     sizes = [len(d) for d in files.values()]
@@ -51,9 +52,8 @@ def inspect(target, files, force=False, do_format=False):
     return facts, part
 
 
-def format_card(target, facts, files):
-    need = plan.space_needed([len(d) for d in files.values()], 4096, len(files))
-    start, count, bits = plan.format_layout(facts["size"], need)
+def format_card(target, layout):
+    start, count, bits = layout
     mtools.partition(target, start, count)
     mtools.mkfs(target, start, count, bits)
     return {"start": start * plan.SECTOR, "size": count * plan.SECTOR}
@@ -90,7 +90,7 @@ def run(tarball_path, target, force=False, do_format=False, pretend=False):
     try:
         if do_format:
             log.info("formatting %s: one FAT partition" % target)
-            part = format_card(target, facts, files)
+            part = format_card(target, part["layout"])
         fat = mtools.Fat(target, part["start"])
         write_files(fat, files)
     except (mtools.MtoolsError, OSError) as e:
