@@ -141,3 +141,19 @@ def test_vermin_37():
                           + DEVICE_SIDE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           universal_newlines=True)
     assert proc.returncode == 0, proc.stdout
+
+
+def test_pyz_vendors_paho(tmp_path):
+    """migos.pyz carries paho-mqtt: a plain python3 without the venv runs the agent's MQTT
+    layer from it."""
+    from stages import dist, vendor
+    if not vendor.files():
+        pytest.skip("paho-mqtt not installed in this interpreter")
+    pyz = str(tmp_path / "migos.pyz")
+    dist.write_pyz(pyz, 1_700_000_000)
+    python = shutil.which("python3", path="/usr/bin:/bin") or sys.executable
+    code = ("import sys; sys.path.insert(0, %r); import migos.fleet.mqtt as m; "
+            "c = m._paho(); print(c.__file__)" % pyz)
+    proc = subprocess.run([python, "-I", "-c", code], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, universal_newlines=True)
+    assert proc.returncode == 0 and "migos.pyz/paho/mqtt/client.py" in proc.stdout, proc.stdout
