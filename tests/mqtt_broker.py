@@ -18,8 +18,9 @@ def free_port():
 
 
 class Broker:
-    def __init__(self, workdir, port=None, tls=None, password_file=None):
+    def __init__(self, workdir, port=None, tls=None, password_file=None, extra=()):
         self.workdir, self.port = workdir, port or free_port()
+        self.extra = list(extra)
         self.tls, self.password_file = tls, password_file
         self.proc = None
 
@@ -35,6 +36,7 @@ class Broker:
         if self.tls:
             lines += ["cafile %s" % self.tls["ca"], "certfile %s" % self.tls["cert"],
                       "keyfile %s" % self.tls["key"]]
+        lines += self.extra
         return "\n".join(lines) + "\n"
 
     def start(self):

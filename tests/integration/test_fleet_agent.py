@@ -214,3 +214,55 @@ def test_tls_and_password(tmp_path, fleet_key):
         plain.stop()
     finally:
         b.stop()
+    # client certificates instead of a password
+    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-keyout", d + "/cli.key", "-out", d + "/cli.csr", "-subj", "/CN=dev1")
+    _openssl("x509", "-req", "-in", d + "/cli.csr", "-CA", d + "/ca.pem", "-CAkey", d + "/ca.key",
+             "-CAcreateserial", "-out", d + "/cli.pem", "-days", "1")
+    b = Broker(d, tls={"ca": d + "/ca.pem", "cert": d + "/srv.pem", "key": d + "/srv.key"},
+               extra=["require_certificate true", "use_identity_as_username true",
+                      "allow_anonymous false"]).start()
+    try:
+        agent = agent_for(tmp_path, b.port, fleet_key, runner=Recorder(), state="s2",
+                          tls_ca=d + "/ca.pem", tls_cert=d + "/cli.pem", tls_key=d + "/cli.key")
+        assert agent.start(), "client-certificate connection failed"
+        agent.stop()
+        nocert = Connection(BrokerOptions(port=b.port, tls_ca=d + "/ca.pem"), "no-cert")
+        assert not nocert.start(wait=2)
+        nocert.stop()
+    finally:
+        b.stop()
+
+
+def test_agent_command_line_process(tmp_path, broker, fleet_key):
+    """``migos agent --config`` as its own process: announces itself, ships its log events
+    to the status topic, answers ``fleet send --all``, and on SIGTERM goes offline cleanly."""
+    import signal
+    keyfile, fkey = tmp_path / "agent.key", tmp_path / "fleet.key"
+    fkey.write_text(fleet_key.hex())
+    assert run_migos("fleet", "device-key", "--key-file", fkey, "--device", "pi-cli",
+                     "--out", keyfile).returncode == 0
+    cfg = tmp_path / "agent.json"
+    cfg.write_text(json.dumps({"fleet": FLEET, "device": "pi-cli", "key_file": str(keyfile),
+                               "state_dir": str(tmp_path / "st"),
+                               "broker": {"host": "127.0.0.1", "port": broker.port}}))
+    listen = Listener(broker.port, "migos/%s/pi-cli/status" % FLEET)
+    proc = subprocess.Popen([sys.executable, "-m", "migos", "agent", "--config", str(cfg)],
+                            env=dict(os.environ, PYTHONPATH=MIGOS_PKG), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, universal_newlines=True)
+    try:
+        batch = listen.wait_for(lambda m: m.get("type") == "log" and any(
+            "agent listening" in e["msg"] for e in m["events"]))
+        assert all(e["device"] for e in batch["events"])
+        out = run_migos("fleet", "send", "--broker", "127.0.0.1:%d" % broker.port, "--fleet",
+                        FLEET, "--key-file", fkey, "--all", "--timeout", "20", "status", timeout=60)
+        assert out.returncode == 0 and "pi-cli" in out.stdout and "ok 1" in out.stdout, out.stdout
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(20)
+        listen.conn.stop()
+    assert rc == 0, proc.stderr.read()
+    listed = json.loads(run_migos("fleet", "list", "--broker", "127.0.0.1:%d" % broker.port,
+                                  "--fleet", FLEET, "--json", "--wait", "0.5").stdout)
+    assert listed["pi-cli"]["online"] is False
+    assert listed["pi-cli"]["state"]["state"] == "idle"

@@ -157,3 +157,46 @@ def test_pyz_vendors_paho(tmp_path):
     proc = subprocess.run([python, "-I", "-c", code], stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, universal_newlines=True)
     assert proc.returncode == 0 and "migos.pyz/paho/mqtt/client.py" in proc.stdout, proc.stdout
+
+
+def test_agent_busy_and_status_without_broker(tmp_path):
+    """One command at a time; ``status`` is answered while another command runs."""
+    import threading
+    from migos.fleet.agent import Agent
+    gate, calls = threading.Event(), []
+
+    def runner(cmd, args, progress):
+        calls.append(cmd)
+        gate.wait(10)
+        return 0
+    cfg = {"fleet": "f", "device": "d1", "state_dir": str(tmp_path), "broker": {"port": 1}}
+    agent = Agent(cfg, signing.device_key(KEY, "d1"), runner=runner, ship_logs=False)
+    try:
+        assert agent.handle(json_cmd("init", ["-c", "c.json", "-v", "1.0.0"])) == "started"
+        assert agent.handle(json_cmd("backup", ["--out", "x"])) == "busy"
+        assert agent.handle(json_cmd("status")) == "status"
+        gate.set()
+        for _ in range(100):
+            if agent.state.get("state") == "done":
+                break
+            import time
+            time.sleep(0.02)
+        assert agent.state["state"] == "done" and calls == ["init"]
+        assert agent.handle(json_cmd("backup", ["--out", "x"])) == "started"
+    finally:
+        gate.set()
+        agent.conn.client.loop_stop()
+
+
+def json_cmd(cmd, args=()):
+    import json
+    return json.dumps(signing.make_command(KEY, "d1", cmd, list(args))).encode()
+
+
+def test_gen_migos_boot_entry_point():
+    tomllib = pytest.importorskip("tomllib")
+    with open(os.path.join(os.path.dirname(PKG), "pyproject.toml"), "rb") as f:
+        scripts = tomllib.load(f)["project"]["scripts"]
+    mod, func = scripts["gen_migos-boot"].split(":")
+    import importlib
+    assert callable(getattr(importlib.import_module(mod), func))

@@ -250,6 +250,11 @@ def main(args):
             log.add_secret(password)
     except (ValueError, OSError) as e:
         raise UsageError(str(e), "fix the agent configuration (see 'migos agent --help')")
+    import signal
+
+    def _term(signum, frame):      # systemd stop: flush logs, publish offline, exit 0
+        raise SystemExit(0)
+    signal.signal(signal.SIGTERM, _term)
     agent = Agent(cfg, key, password=password)
     if not agent.start(wait=args.connect_timeout):
         log.event("ERROR", "broker %s:%d not reachable yet; retrying in the background" % (
@@ -259,4 +264,5 @@ def main(args):
         while True:
             time.sleep(1)
     finally:
+        log.event("END", "agent stopping")
         agent.stop()
