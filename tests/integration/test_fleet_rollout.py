@@ -35,12 +35,21 @@ class Fleet:
                 self.ran.append(device)
             try:
                 progress("migrating %s" % device)
-                time.sleep(random.uniform(0.05, 0.25))
+                # failures come fast, so the stop is reached while others still run
+                time.sleep(0.01 if device in self.failing else random.uniform(0.05, 0.25))
                 return 3 if device in self.failing else 0
             finally:
                 with self.lock:
                     self.running -= 1
         return run
+
+
+class CheckedRollout(Rollout):
+    """Records, at every start, how many failures the operator knew of."""
+
+    def started(self, device, now=0.0):
+        self.failures_at_start = getattr(self, "failures_at_start", []) + [self.count("failed")]
+        Rollout.started(self, device, now)
 
 
 @pytest.fixture
@@ -61,7 +70,8 @@ def run_rollout(tmp_path, broker, fleet_key, failing, max_parallel, max_failures
             assert time.monotonic() < deadline, "agents did not connect"
             time.sleep(0.05)
         time.sleep(0.3)
-        plan = Rollout(devices, max_parallel=max_parallel, max_failures=max_failures, timeout=30)
+        plan = CheckedRollout(devices, max_parallel=max_parallel, max_failures=max_failures,
+                              timeout=30)
         RolloutRunner(BrokerOptions(port=broker.port), FLEET, fleet_key, "init",
                       ["-c", "/boot/config.json", "-v", "2.50.1"], plan).run()
     finally:
@@ -89,6 +99,8 @@ def test_rollout_stops_after_too_many_failures(tmp_path, broker, fleet_key):
     assert sim.peak <= 4
     failed = {d for d in devices if plan.state[d] == "failed"}
     assert len(failed) >= 3 and failed <= failing
+    assert max(plan.failures_at_start) <= 2          # nothing started once 3 had failed
+    assert len(plan.failures_at_start) == len(sim.ran)
     # no device was started after the third failure was known: with at most 4 in flight,
     # at most 3 more could have been running when it came in
     assert len(sim.ran) <= 7 + 3, sim.ran
