@@ -159,3 +159,32 @@ def test_bound_and_torn_line(tmp_path, monkeypatch):
     sp2 = logship.Spool(sp.path, max_bytes=5000)
     sp2.append({"n": 301})
     assert [e["n"] for e in sp2.peek(1000)[0]][-2:] == [299, 301]
+
+
+def test_stage1_command_ships_to_http_from_env(tmp_path):
+    """Any migos command ships its events to $MIGOS_LOG_HTTP; when the endpoint is down they
+    stay in the spool and go out with the next command."""
+    import subprocess
+    import sys
+    from tests.conftest import MIGOS_PKG
+    from tests.mqtt_broker import free_port
+
+    def backup(url):
+        env = dict(os.environ, PYTHONPATH=MIGOS_PKG, MIGOS_LOG_HTTP=url,
+                   MIGOS_LOG_SPOOL=str(tmp_path / "spool"))
+        return subprocess.run([sys.executable, "-m", "migos", "backup", "--root",
+                               str(tmp_path / "nothing"), "--out", str(tmp_path / "out"),
+                               "--pretend"], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
+    proc = backup("http://127.0.0.1:%d/ev" % free_port())          # nobody listens there
+    spooled = logship.Spool(str(tmp_path / "spool")).peek(1000)[0]
+    assert spooled, proc.stderr
+    _Sink.fail_first, _Sink.bodies = 0, []
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    backup("http://127.0.0.1:%d/ev" % srv.server_address[1])
+    sent = [e for _, _, b in _Sink.bodies for e in json.loads(b)]
+    assert [e["qid"] for e in spooled] == [e["qid"] for e in sent[:len(spooled)]]
+    assert len(sent) > len(spooled)
+    assert logship.Spool(str(tmp_path / "spool")).peek(10)[0] == []
+    srv.shutdown()

@@ -76,7 +76,7 @@ def test_image_format_write_update(tmp_path):
     assert_installed(img, files)
     # an update with a different build replaces every file; other files stay
     card_files(img).put("user-file.txt", b"keep me")
-    tar2, files2 = fake_tarball(tmp_path / "b", itb=b"NEWFIT" * 5000)
+    tar2, files2 = fake_tarball(tmp_path / "b", itb=os.urandom(200000))
     proc = subprocess.run([sys.executable, "-c", "import sys; from migos.genboot import "
                            "script_main; sys.exit(script_main())", tar2, img],
                           env=dict(os.environ, PYTHONPATH=MIGOS_PKG), stderr=subprocess.PIPE,

@@ -190,6 +190,7 @@ class Agent:
 
             def progress(line):
                 self._publish(self.t_status, {"type": "progress", "id": cid, "line": line})
+                self._keep_child_event(line, cid)
             try:
                 rc = self.runner(cmd, env["args"], progress)
             except Exception as e:   # a runner that blows up is a failed command
@@ -202,6 +203,17 @@ class Agent:
             self._set_state(state="done" if ok else "failed", cmd=cmd, id=cid, rc=rc)
         finally:
             self.busy.release()
+
+    def _keep_child_event(self, line, cid):
+        """The child's JSON log events also go through the durable spool."""
+        if self.shipper is None or not line.startswith("{"):
+            return
+        try:
+            ev = json.loads(line)
+        except ValueError:
+            return
+        if isinstance(ev, dict) and ev.get("state") in log.STATES:
+            self.shipper.enqueue(log.redact(dict(ev, command_id=cid)))
 
     def status(self):
         return {"state": self.state, "version": __version__, "fleet": self.fleet,

@@ -263,9 +263,11 @@ class Shipper:
         return self
 
     def stop(self, drain_timeout=2.0):
-        """Try to send what is pending for ``drain_timeout`` s, then keep the rest on disk."""
+        """Try to send what is pending for up to ``drain_timeout`` s (until a send fails),
+        then keep the rest on disk."""
         deadline = time.monotonic() + drain_timeout
-        while time.monotonic() < deadline:
+        failures = self.failures
+        while time.monotonic() < deadline and self.failures == failures:   # unreachable: stop
             with self._lock:
                 if not self.spool.peek(1)[0]:
                     break
@@ -279,6 +281,21 @@ class Shipper:
             self.spool.close()
         if log.LOG.http == self.enqueue:
             log.LOG.http = None
+
+
+def from_env(environ=None):
+    """A started Shipper to ``$MIGOS_LOG_HTTP`` (spool ``$MIGOS_LOG_SPOOL``, default
+    /var/lib/migos/logspool), installed as the log's HTTP sink; None when not configured.
+    ``migos.cli`` calls this for every command, so stage 1 and stage 2 ship their events
+    whenever the variable is set."""
+    environ = os.environ if environ is None else environ
+    url = environ.get("MIGOS_LOG_HTTP")
+    if not url:
+        return None
+    spool = environ.get("MIGOS_LOG_SPOOL", "/var/lib/migos/logspool")
+    sh = Shipper(spool, [HttpTransport(url)]).start()
+    sh.install()
+    return sh
 
 
 def upload_full_log(lines, http_url=None, mqtt=None, retries=5, delay=2.0, chunk=256 * 1024):
