@@ -70,7 +70,7 @@ def _add(archive, rel, tree, st, epoch):
         archive.add_file_from_memory(rel, 0, b"", filetype=FileType.DIRECTORY, permission=perm,
                                      uid=0, gid=0, mtime=mtime)
     elif stat.S_ISLNK(st.st_mode):
-        _add_symlink(archive, rel, os.readlink(full), mtime)
+        add_symlink(archive, rel, os.readlink(full), mtime)
     elif stat.S_ISREG(st.st_mode):
         with open(full, "rb") as f:
             data = f.read()
@@ -80,7 +80,7 @@ def _add(archive, rel, tree, st, epoch):
     return 0
 
 
-def _add_symlink(archive, rel, target, mtime):
+def add_symlink(archive, rel, target, mtime):
     """libarchive-c's ``linkpath`` sets a hard link on a fresh entry; set the symlink directly."""
     entry = ArchiveEntry(pathname=rel, filetype=FileType.SYMBOLINK_LINK, perm=0o777, uid=0, gid=0,
                          mtime=mtime, size=0)

@@ -13,6 +13,7 @@ from .target import REPO
 
 MIGOS_SRC = os.path.join(REPO, "packages", "migos", "migos")
 INIT_SRC = os.path.join(REPO, "packages", "init", "init")
+UDHCPC_SRC = os.path.join(REPO, "packages", "init", "udhcpc.script")
 PY_DEST = "usr/lib/python3/dist-packages/migos"
 
 
@@ -54,6 +55,10 @@ def build_overlay(ctx):
         os.makedirs(os.path.dirname(dest), exist_ok=True)
         shutil.copy(src, dest)
     write(os.path.join(out, "usr/sbin/migos"), '#!/bin/sh\nexec /usr/bin/python3 -m migos "$@"\n', 0o755)
+    write(os.path.join(out, "usr/lib/migos/runtime"), "#!/bin/sh\nexec /usr/bin/python3 -m migos.runtime\n", 0o755)
+    os.makedirs(os.path.join(out, "usr/share/migos"), exist_ok=True)
+    shutil.copy(UDHCPC_SRC, os.path.join(out, "usr/share/migos/udhcpc.script"))
+    os.chmod(os.path.join(out, "usr/share/migos/udhcpc.script"), 0o755)
     write(os.path.join(out, "etc/migos-release"), release_text(ctx))
     names = [os.path.basename(p)[:-3] for p in stamp.read(ctx.path("modules.json"))["modules"]]
     write(os.path.join(out, "usr/lib/migos/modules.load"), "\n".join(sorted(names)) + "\n")
@@ -65,7 +70,7 @@ def tasks(ctx):
         "name": "overlay",
         "doc": "the MIGOS files (init, migos package, release) for the image",
         "actions": [(build_overlay, [ctx])],
-        "file_dep": [INIT_SRC, __file__, ctx.path("modules.json")] + source_files() +
+        "file_dep": [INIT_SRC, UDHCPC_SRC, __file__, ctx.path("modules.json")] + source_files() +
         [src for src, _ in vendor.files()],
         "targets": [ctx.path("overlay.json")],
         "uptodate": [_config(ctx)],

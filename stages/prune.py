@@ -41,7 +41,11 @@ PRUNE_GLOBS = (
     "etc/cron.daily/*", "etc/logrotate.d/*",
 )
 # Kept even when a build-only package owns them (shared with the runtime).
-KEEP = ("etc/ld.so.cache", "etc/ld.so.conf", "etc/ld.so.conf.d/*")
+KEEP = ("etc/ld.so.cache", "etc/ld.so.conf", "etc/ld.so.conf.d/*",
+        # mtools converts FAT names through iconv (code page 850/437): without these,
+        # mcopy fails with "Error converting to codepage 850"
+        "usr/lib/*/gconv/gconv-modules", "usr/lib/*/gconv/gconv-modules.cache",
+        "usr/lib/*/gconv/gconv-modules.d/*", "usr/lib/*/gconv/IBM850.so", "usr/lib/*/gconv/IBM437.so")
 
 
 def owned_files(root, package):

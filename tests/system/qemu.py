@@ -10,6 +10,7 @@ import queue
 import re
 import shutil
 import subprocess
+import sys
 import threading
 import time
 
@@ -81,9 +82,17 @@ class Machine:
         self.log.close()
 
 
-def qemu_virt(kernel=None, initrd=None, append=None, bios=None, disk=None, extra=(), mem=1024):
+def qemu_virt(kernel=None, initrd=None, append=None, bios=None, disk=None, extra=(), mem=1024, forward=None):
+    """argv for qemu virt. ``forward=(guest_ip, guest_port, host_port)``: user-mode network restricted
+    to one forward from the guest to 127.0.0.1:host_port (nothing else is reachable)."""
     argv = ["qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a53", "-m", str(mem), "-nographic",
-            "-no-reboot", "-monitor", "none", "-serial", "stdio", "-nic", "none"]
+            "-no-reboot", "-monitor", "none", "-serial", "stdio"]
+    if forward:
+        relay = "%s %s 127.0.0.1 %d" % (sys.executable, os.path.join(REPO, "tests", "system", "relay.py"), forward[2])
+        argv += ["-netdev", "user,id=n0,restrict=on,guestfwd=tcp:%s:%d-cmd:%s" % (forward[0], forward[1], relay),
+                 "-device", "virtio-net-device,netdev=n0"]
+    else:
+        argv += ["-nic", "none"]
     if bios:
         argv += ["-bios", bios]
     if kernel:

@@ -213,10 +213,13 @@ def test_restore_refused_after_stage2_wrote_its_journal(setup):
     root, disk, cfg, tar = setup("buster")
     assert run_migos(*init_args(root, disk, cfg, tar)).returncode == 0
     man = json.load(open(os.path.join(root, "boot/migos/backup/manifest.json")))
-    assert man["disk"] == disk and man["journal_sha256"]
-    with open(disk, "r+b") as f:          # what stage 2 does first: its journal at 1 MiB
-        f.seek(1024 * 1024)
-        f.write(b"MIGOS-JOURNAL-RECORD")
+    assert man["disk"] == disk
+    from migos.stage2 import journal, layout
+    with open(disk, "r+b") as f:          # what stage 2 does first: its journal, where stage 2 puts it
+        mbr = f.read(512)
+        base = layout.journal_candidates(mbr)[0]
+        f.seek(journal.slot_offset(base, 1))
+        f.write(journal.encode(1, {"v": journal.VERSION, "state": "WRITE"}))
     mid = tree_bytes(root)
     r = run_migos("restore-boot", "--root", root)
     assert r.returncode == 2 and "cannot be given back" in r.stderr

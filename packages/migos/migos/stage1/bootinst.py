@@ -202,24 +202,13 @@ def state(boot):
     return "active" if at == MARK_ON else "installed"
 
 
-# Where stage 2 keeps its resume journal (DESIGN.md 3): the unpartitioned gap before p1.
-JOURNAL_OFFSETS = (1024 * 1024, 2 * 1024 * 1024)
-JOURNAL_PROBE = 4096
-
-
-def journal_fingerprint(disk_path):
-    """sha256 of the journal areas of the disk, or None if it cannot be read."""
-    if not disk_path:
-        return None
+def _stage2_started(disk):
+    """A stage-2 journal record on the disk: the point of no return is behind it."""
+    from ..stage2 import journal
     try:
-        h = hashlib.sha256()
-        with open(disk_path, "rb") as f:
-            for off in JOURNAL_OFFSETS:
-                f.seek(off)
-                h.update(f.read(JOURNAL_PROBE))
-        return h.hexdigest()
-    except OSError:
-        return None
+        return journal.present(disk)
+    except (OSError, ValueError, MigosError):
+        return False             # the disk cannot be read: nothing says stage 2 started
 
 
 def plan_init(boot, tar, extra_files):
@@ -265,7 +254,7 @@ def install(boot, tar, extra_files, pretend=False, disk_path=None):
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "tarball": tar.name, "replaced": replaced, "installed": {},
         "created_dirs": created_dirs,
-        "disk": disk_path, "journal_sha256": journal_fingerprint(disk_path),
+        "disk": disk_path,
         "config_txt": {"size": len(old_cfg), "sha256": _sha(old_cfg), "marker_offset": marker,
                        "block_sha256": _sha(block), "final_size": len(old_cfg) + len(block),
                        "backup": BACKUP_DIR + "/config.txt"},
@@ -312,8 +301,7 @@ def install(boot, tar, extra_files, pretend=False, disk_path=None):
 def restore(boot, pretend=False, disk_path=None):
     """Give the old OS its boot partition back exactly. Returns the list of actions.
 
-    Refused once stage 2 has written its journal (the point of no return): the journal
-    areas of the disk no longer match what init saw."""
+    Refused once stage 2 has written its journal (the point of no return)."""
     st = state(boot)
     actions = []
     if st == "clean":
@@ -329,10 +317,9 @@ def restore(boot, pretend=False, disk_path=None):
         return actions
     with open(os.path.join(boot, MANIFEST)) as f:
         m = json.load(f)
-    if m.get("journal_sha256"):
-        now = journal_fingerprint(disk_path or m.get("disk"))
-        if now is not None and now != m["journal_sha256"]:
-            raise BootStateError("MIGOS has already started writing the disk (its journal is "
+    disk = disk_path or m.get("disk")
+    if disk and _stage2_started(disk):
+        raise BootStateError("MIGOS has already started writing the disk (its journal is "
                                  "there): the old OS cannot be given back",
                                  "let MIGOS finish the migration")
     c = m["config_txt"]

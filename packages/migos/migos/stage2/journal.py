@@ -110,3 +110,16 @@ class Journal(object):
         self.dev.sync()
         self.seq, self.payload = seq, payload
         return payload
+
+
+def present(path):
+    """True when a stage-2 journal record is on the disk at ``path``: some migration has written
+    to it, so the point of no return is behind it (restore-boot and the runtime ask this).
+    Raises OSError when the disk cannot be read."""
+    from . import blockdev, layout
+    dev = blockdev.Device(path, write=False)
+    try:
+        mbr = dev.pread_direct(0, 512)
+        return any(read(dev, base) is not None for base in layout.journal_candidates(mbr))
+    finally:
+        dev.close()

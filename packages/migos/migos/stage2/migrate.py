@@ -546,8 +546,10 @@ class Migration(object):
             decision, done = states.decide(payload, self.dev.size, sha(self.old_mbr),
                                            self.image_id, len(p.segments))
         except states.Mismatch as e:
-            raise UsageError(str(e), "run migrate with the image and device of the interrupted "
+            err = UsageError(str(e), "run migrate with the image and device of the interrupted "
                              "migration, or add --discard-journal to start over")
+            err.journal_mismatch = True
+            raise err
         self.journal = journal.Journal(self.dev, base, prev_seq, payload if decision ==
                                        states.RESUME else None)
         log.info("layout: old p1 %d..%d MiB, journal at %d MiB, resin-boot at %d MiB, image "
@@ -814,7 +816,10 @@ class Migration(object):
                     "MIGOS)" if self.written else ""))
         elif not isinstance(e, MigosError):
             return e
-        if self.written and e.exit_code == 2:
+        touched = self.written or getattr(self, "found", None) is not None
+        if touched and e.exit_code == 2 and not getattr(e, "journal_mismatch", False):
+            # an earlier run wrote to this disk (its journal is there): the old OS's root may be
+            # gone, so this is never "nothing changed"; the only way is forward
             return MigrateFailed(e.problem, (e.fix + "; " if e.fix else "") +
                                  "the old boot partition still boots MIGOS: run the same command "
                                  "again to resume")

@@ -1,0 +1,106 @@
+"""Unit tests of the MIGOS runtime's decisions and of finding the boot disk (no root)."""
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from migos.runtime import bootdisk, plan
+from migos.runtime.watchdog import Watchdog
+
+
+def test_exit_codes_mean_done_give_back_or_retry():
+    assert plan.outcome(0) == plan.DONE
+    assert plan.outcome(2) == plan.GIVE_BACK       # bad input, nothing written: old OS back
+    for rc in (1, 3, 137, -9):
+        assert plan.outcome(rc) == plan.RETRY      # maybe written: only forward
+
+
+def test_backoff_doubles_and_caps():
+    assert [plan.backoff(n) for n in (1, 2, 3, 4, 5, 6, 9)] == [10, 20, 40, 80, 160, 300, 300]
+
+
+def test_wired_interface_choice():
+    assert plan.wired_interface(["lo", "wlan0", "usb0", "eth1", "eth0"]) == "eth0"
+    assert plan.wired_interface(["lo", "enxb827eb000001"]) == "enxb827eb000001"
+    assert plan.wired_interface(["lo", "wlan0"]) is None
+
+
+def test_migrate_argv_per_source():
+    files = {"config.json": "/run/migos/config.json", "system-connections": ["/run/migos/s/a.nmconnection"]}
+    url = plan.migrate_argv("/dev/mmcblk0", {"image": {"source": "url", "url": "http://x/i.img.gz"},
+                                             "hostname": "pi-7", "log": {"log_level": "debug"}}, files)
+    assert url == ["migrate", "--device", "/dev/mmcblk0", "-c", "/run/migos/config.json", "--image",
+                   "http://x/i.img.gz", "--nwmgr-cfg", "/run/migos/s/a.nmconnection", "--hostname", "pi-7",
+                   "--log-level", "debug"]
+    api = plan.migrate_argv("/dev/vda", {"image": {"source": "api", "version": "2.50.1+rev1"}}, files)
+    assert api[api.index("--version") + 1] == "2.50.1+rev1"
+    with pytest.raises(ValueError, match="no image source"):
+        plan.migrate_argv("/dev/vda", {"image": {}}, files)
+
+
+def test_static_ipv4_from_keyfile():
+    text = "[connection]\nid=eth\ntype=ethernet\n[ipv4]\nmethod=manual\naddress1=192.0.2.7/24,192.0.2.1\ndns=192.0.2.53;\n"
+    assert plan.is_wired_keyfile(text)
+    assert plan.static_ipv4(text) == ("192.0.2.7/24", "192.0.2.1", ["192.0.2.53"])
+    assert plan.static_ipv4(text.replace("manual", "auto")) is None
+
+
+def test_first_fat_partition():
+    mbr = bytearray(512)
+    mbr[510:512] = b"\x55\xaa"
+    mbr[446 + 4] = 0x83
+    mbr[446 + 8:446 + 16] = (2048).to_bytes(4, "little") + (100).to_bytes(4, "little")
+    mbr[462 + 4] = 0x0c
+    mbr[462 + 8:462 + 16] = (8192).to_bytes(4, "little") + (4096).to_bytes(4, "little")
+    assert bootdisk.first_fat_partition(bytes(mbr)) == (8192 * 512, 4096 * 512)
+    assert bootdisk.first_fat_partition(bytes(512)) is None
+
+
+def _disk(path, files):
+    with open(path, "wb") as f:
+        f.truncate(48 << 20)
+    subprocess.run(["sfdisk", "-q", str(path)], input="label: dos\nstart=4MiB, type=c\n", text=True, check=True)
+    subprocess.run(["mkfs.vfat", "-F", "32", "--offset=8192", str(path), str((44 << 20) // 1024)],
+                   check=True, capture_output=True)
+    img = "%s@@%d" % (path, 4 << 20)
+    subprocess.run(["mmd", "-i", img, "::migos", "::migos/system-connections"], check=True)
+    for name, data in files.items():
+        tmp = str(path) + ".f"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        subprocess.run(["mcopy", "-i", img, tmp, "::" + name], check=True)
+
+
+def test_boot_disk_found_and_read_without_mounting(tmp_path):
+    settings = {"image": {"source": "url", "url": "http://10.0.2.100:8080/balena.img.zst"}, "hostname": "pi-7"}
+    _disk(tmp_path / "a.img", {"readme.txt": b"not this one"})
+    b = tmp_path / "b.img"
+    _disk(b, {"migos/migrate.json": json.dumps(settings).encode(), "migos/config.json": b'{"uuid": "x"}',
+              "migos/system-connections/Home WiFi.nmconnection": b"[connection]\nid=Home WiFi\n"})
+    assert bootdisk.open_disk(str(tmp_path / "a.img")) is None
+    disk = bootdisk.find([str(tmp_path / "a.img"), str(b), str(tmp_path / "missing")])
+    assert disk is not None and disk.device == str(b)
+    from migos.runtime.main import read_settings
+    got, files, keyfiles = read_settings(disk, dest=str(tmp_path / "run"))
+    assert got == settings
+    assert open(files["config.json"], "rb").read() == b'{"uuid": "x"}'
+    assert list(keyfiles) == ["Home WiFi.nmconnection"]
+    assert os.stat(files["system-connections"][0]).st_mode & 0o777 == 0o600
+    disk.close()
+
+
+def test_watchdog_stops_feeding_after_a_stall(tmp_path):
+    now = [0.0]
+    rebooted = []
+    wd = Watchdog(path=str(tmp_path / "no-watchdog"), stall=60, reboot=lambda: rebooted.append(1),
+                  clock=lambda: now[0])
+    wd.progress()
+    now[0] = 59
+    assert not wd.stalled()
+    wd.progress()
+    now[0] = 118
+    assert not wd.stalled()
+    now[0] = 121
+    assert wd.stalled()
