@@ -1,4 +1,5 @@
-"""MIGOS build: ``doit build`` (default target debian-arm64), ``doit build target=NAME``.
+"""MIGOS build: ``doit build`` (default target debian-arm64), ``doit build target=NAME``;
+``doit publish dest=DIR [key=KEYID] [src=DIR]`` copies a finished dist/NAME for release.
 
 Command-line variables: ``target=NAME`` (a file multistrap/NAME.toml), ``mirror=URL``
 (replaces the target's first archive URL). The pipeline's steps live in stages/, one
@@ -15,7 +16,7 @@ REPO = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(REPO, "packages", "migos"))
 
 from stages import (bootpart, dist, fetch, fit, initramfs, kernel, modules, overlay,  # noqa: E402
-                    prune, rootfs, target, uboot)
+                    prune, publish, rootfs, target, uboot)
 from stages.reporter import OneLineReporter, step  # noqa: E402
 from stages.tools import BuildError  # noqa: E402
 
@@ -55,3 +56,13 @@ def _make(module):
 
 for _m in STAGES:
     globals()["task_" + _m.__name__.split(".")[-1]] = _make(_m)
+
+
+def task_publish():
+    """copy dist/NAME to dest=DIR: versioned names, SHA256SUMS, detached signature with key=KEYID"""
+    (only,) = list(publish.tasks(CTX, dest=get_var("dest", None), key=get_var("key", None),
+                                 src=get_var("src", None)))
+    only = dict(only)
+    only.pop("name", None)
+    only["actions"] = [(step(f), a) for f, a in only["actions"]]
+    return only

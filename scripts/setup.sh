@@ -13,6 +13,8 @@ HOST_PACKAGES=(
   # disks, boot and tests
   qemu-system-arm u-boot-qemu dosfstools mtools e2fsprogs fdisk util-linux pigz cpio
   network-manager
+  # fleet operation and publishing: MQTT broker for the tests, test certificates, signatures
+  mosquitto openssl gnupg
 )
 
 missing=()

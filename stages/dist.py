@@ -22,6 +22,7 @@ import tarfile
 import time
 import zipfile
 
+from . import vendor
 from .overlay import MIGOS_SRC, source_files
 
 PYZ_MAIN = "import sys\nfrom migos.cli import main\nsys.exit(main())\n"
@@ -83,6 +84,9 @@ def write_pyz(path, epoch):
             members = [("__main__.py", PYZ_MAIN.encode())]
             for src in source_files():
                 rel = os.path.join("migos", os.path.relpath(src, MIGOS_SRC))
+                with open(src, "rb") as f:
+                    members.append((rel, f.read()))
+            for src, rel in vendor.files():     # paho-mqtt for ``migos agent``
                 with open(src, "rb") as f:
                     members.append((rel, f.read()))
             for name, data in sorted(members):
@@ -157,7 +161,7 @@ def tasks(ctx):
         "doc": "publish dist/NAME: boot/, tarball, initramfs, vmlinuz, migos.pyz, manifest.json, SHA256SUMS",
         "actions": [(build_dist, [ctx])],
         "file_dep": [__file__, ctx.path("boot.json"), ctx.path("initramfs.cpio.zst"), ctx.path("kernel.json"),
-                     ctx.path("rootfs.json")] + source_files(),
+                     ctx.path("rootfs.json")] + source_files() + [src for src, _ in vendor.files()],
         "targets": [os.path.join(ctx.dist, "SHA256SUMS")],
         "clean": [(remove_build, [ctx])],
     }

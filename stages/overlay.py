@@ -8,7 +8,7 @@ without caches), ``/usr/sbin/migos``, ``/etc/migos-release`` (version, target) a
 import os
 import shutil
 
-from . import stamp
+from . import stamp, vendor
 from .target import REPO
 
 MIGOS_SRC = os.path.join(REPO, "packages", "migos", "migos")
@@ -50,6 +50,10 @@ def build_overlay(ctx):
         dest = os.path.join(out, PY_DEST, os.path.relpath(src, MIGOS_SRC))
         os.makedirs(os.path.dirname(dest), exist_ok=True)
         shutil.copy(src, dest)
+    for src, rel in vendor.files():     # paho-mqtt for ``migos agent``
+        dest = os.path.join(out, os.path.dirname(PY_DEST), rel)
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        shutil.copy(src, dest)
     write(os.path.join(out, "usr/sbin/migos"), '#!/bin/sh\nexec /usr/bin/python3 -m migos "$@"\n', 0o755)
     write(os.path.join(out, "usr/lib/migos/runtime"), "#!/bin/sh\nexec /usr/bin/python3 -m migos.runtime\n", 0o755)
     os.makedirs(os.path.join(out, "usr/share/migos"), exist_ok=True)
@@ -66,7 +70,8 @@ def tasks(ctx):
         "name": "overlay",
         "doc": "the MIGOS files (init, migos package, release) for the image",
         "actions": [(build_overlay, [ctx])],
-        "file_dep": [INIT_SRC, UDHCPC_SRC, __file__, ctx.path("modules.json")] + source_files(),
+        "file_dep": [INIT_SRC, UDHCPC_SRC, __file__, ctx.path("modules.json")] + source_files() +
+        [src for src, _ in vendor.files()],
         "targets": [ctx.path("overlay.json")],
         "uptodate": [_config(ctx)],
         "clean": True,

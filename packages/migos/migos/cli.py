@@ -38,6 +38,10 @@ def build_parser():
     from .stage2 import commands as stage2_commands
     stage1_commands.register(sub, common_options)
     stage2_commands.register(sub, common_options)
+    from .fleet import operator as fleet_commands
+    from . import genboot
+    fleet_commands.register(sub, common_options)
+    genboot.register(sub, common_options)
     return parser
 
 
@@ -45,7 +49,10 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     log.LOG.configure(level=getattr(args, "log_level", None), log_file=getattr(args, "log_file", None))
+    shipper = None
     try:
+        if args.command != "agent":      # the agent ships its own (MQTT and/or HTTP)
+            shipper = _remote_log()
         return args.func(args) or 0
     except MigosError as e:
         sys.stderr.write("migos %s: %s\n" % (args.command, e.line()))
@@ -53,3 +60,19 @@ def main(argv=None):
     except KeyboardInterrupt:
         sys.stderr.write("migos %s: interrupted\n" % args.command)
         return 130
+    finally:
+        if shipper is not None:
+            shipper.stop(drain_timeout=5.0)
+
+
+def _remote_log():
+    """Ship events to $MIGOS_LOG_HTTP when set (migos.fleet.logship); never fatal."""
+    import os
+    if not os.environ.get("MIGOS_LOG_HTTP"):
+        return None
+    from .fleet import logship
+    try:
+        return logship.from_env()
+    except (OSError, ValueError) as e:
+        sys.stderr.write("migos: remote log disabled: %s\n" % e)
+        return None
