@@ -118,12 +118,21 @@ def manifest(ctx, out, artefacts):
 
 
 def build_dist(ctx):
-    name = ctx.target.name
-    final = ctx.dist
-    tmp = os.path.join(os.path.dirname(final), "." + name + ".tmp")
+    tmp = os.path.join(os.path.dirname(ctx.dist), "." + ctx.target.name + ".tmp")
     if os.path.exists(tmp):
         shutil.rmtree(tmp)
     os.makedirs(tmp)
+    try:
+        assemble(ctx, tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    publish(ctx, tmp)
+
+
+def assemble(ctx, tmp):
+    """Every artefact into ``tmp``."""
+    name = ctx.target.name
     shutil.copytree(ctx.path("boot"), os.path.join(tmp, "boot"))
     tarball = "migos-boot-%s.tar.gz" % name
     write_tarball(os.path.join(tmp, tarball), os.path.join(tmp, "boot"), ctx.source_date_epoch)
@@ -139,7 +148,12 @@ def build_dist(ctx):
     with open(os.path.join(tmp, "SHA256SUMS"), "w") as f:
         for a in artefacts + ["manifest.json"]:
             f.write("%s  %s\n" % (sha256(os.path.join(tmp, a)), a))
-    old = os.path.join(os.path.dirname(final), "." + name + ".old")
+
+
+def publish(ctx, tmp):
+    """Swap the complete ``tmp`` in as dist/NAME (the previous build stays until then)."""
+    final = ctx.dist
+    old = os.path.join(os.path.dirname(final), "." + ctx.target.name + ".old")
     if os.path.exists(old):
         shutil.rmtree(old)
     if os.path.exists(final):

@@ -198,3 +198,38 @@ def test_boot_script_selects_board_and_falls_back():
     assert "migos/fallback.env" in text
     config = bootpart.render("config.txt", **bootpart.template_values(ctx))
     assert "os_prefix=migos/" in config and "arm_64bit=1" in config
+
+
+# --- one-line errors and atomic publishing -------------------------------------------
+
+def test_missing_host_tool_names_the_package():
+    from stages import tools
+    with pytest.raises(BuildError, match=r"missing host tools? no-such-tool-x, mkimage-nope; install with: "
+                                         r"apt-get install mkimage-nope no-such-tool-x"):
+        tools.require("no-such-tool-x", "mkimage-nope")
+    with pytest.raises(BuildError, match="install with: apt-get install u-boot-tools"):
+        old = tools.SEARCH_PATH
+        try:
+            tools.SEARCH_PATH = "/nonexistent"
+            tools.require("mkimage")
+        finally:
+            tools.SEARCH_PATH = old
+
+
+def test_a_failed_publish_leaves_the_previous_dist_untouched(tmp_path, monkeypatch):
+    """dist/NAME is renamed into place only when complete: a failure midway changes nothing."""
+    from stages import dist as distmod
+    ctx = target.context("debian-arm64", root=str(tmp_path))
+    os.makedirs(ctx.dist)
+    (tmp_path / "dist" / "debian-arm64" / "SHA256SUMS").write_text("previous build\n")
+    os.makedirs(ctx.path("boot"))
+    (tmp_path / "build" / "debian-arm64" / "boot" / "config.txt").write_text("x")
+
+    def boom(*a, **kw):
+        raise BuildError("disk full")
+    monkeypatch.setattr(distmod, "write_tarball", boom)
+    with pytest.raises(BuildError):
+        distmod.build_dist(ctx)
+    assert os.listdir(ctx.dist) == ["SHA256SUMS"]
+    assert sorted(os.listdir(tmp_path / "dist")) == ["debian-arm64"]      # no half-built copy left
+    assert (tmp_path / "dist" / "debian-arm64" / "SHA256SUMS").read_text() == "previous build\n"
