@@ -9,6 +9,7 @@ Output: build/NAME/uboot/u-boot.bin.
 """
 
 import glob
+import hashlib
 import os
 import shutil
 
@@ -19,9 +20,18 @@ from .tools import BuildError, run
 FRAGMENT = os.path.join(REPO, "boot", "uboot.config")
 
 
-def fragment_lines():
-    with open(FRAGMENT) as f:
-        return [l.strip() for l in f if l.strip() and not l.startswith("#")]
+def fragments(arch):
+    """boot/uboot.config, then boot/uboot-ARCH.config if there is one."""
+    arch_file = os.path.join(REPO, "boot", "uboot-%s.config" % arch)
+    return [FRAGMENT] + ([arch_file] if os.path.exists(arch_file) else [])
+
+
+def fragment_lines(arch):
+    lines = []
+    for path in fragments(arch):
+        with open(path) as f:
+            lines += [l.strip() for l in f if l.strip() and not l.startswith("#")]
+    return lines
 
 
 def build_uboot(ctx):
@@ -40,7 +50,7 @@ def build_uboot(ctx):
     with open(src_apt["conf"], "w") as f:
         f.write(fetch.apt_config(t, src_apt))
     with open(src_apt["sources"], "w") as f:
-        f.write(fetch.sources_list(t, deb_src=True))
+        f.write(fetch.sources_list(t, deb_src=True, keyrings=fetch.install_keyrings(t, src_apt["base"])))
     open(src_apt["status"], "w").close()
     fetch.update(ctx, src_apt)
     run("apt-get", "-q", "source", "--download-only", "u-boot", cwd=cache,
@@ -53,6 +63,15 @@ def build_uboot(ctx):
     if os.path.exists(work):
         shutil.rmtree(work)
     os.makedirs(work)
+    # Targets whose archives carry the same u-boot source (Raspbian rebuilds Debian's) share one
+    # build: build/cache/u-boot-builds/KEY, KEY covering everything that goes into u-boot.bin.
+    key = build_key(dsc, t, fragment_lines(t.arch), compiler_version(t), ctx.source_date_epoch)
+    shared = os.path.join(os.path.dirname(ctx.cache), "u-boot-builds", key)
+    with open(os.path.join(work, "source.txt"), "w") as f:
+        f.write(os.path.basename(dsc) + "\n")
+    if os.path.isfile(os.path.join(shared, "u-boot.bin")):
+        shutil.copy(os.path.join(shared, "u-boot.bin"), os.path.join(work, "u-boot.bin"))
+        return
     src = os.path.join(work, "src")
     run("dpkg-source", "--no-check", "-x", dsc, src, log_file=ctx.path("uboot.log"))
     out = os.path.join(work, "out")
@@ -61,19 +80,35 @@ def build_uboot(ctx):
     env = {"SOURCE_DATE_EPOCH": str(ctx.source_date_epoch), "LC_ALL": "C", "TZ": "UTC"}
     run("make", *make, t.uboot_defconfig, env=env, log_file=ctx.path("uboot.log"))
     with open(os.path.join(out, ".config"), "a") as f:
-        f.write("\n".join(fragment_lines()) + "\n")
+        f.write("\n".join(fragment_lines(t.arch)) + "\n")
     run("make", *make, "olddefconfig", env=env, log_file=ctx.path("uboot.log"))
     config = open(os.path.join(out, ".config")).read().splitlines()
-    for line in fragment_lines():
+    for line in fragment_lines(t.arch):
         if line.endswith("=y") and line not in config:
             raise BuildError("U-Boot option %s did not stick (a dependency is off); fix boot/uboot.config"
                              % line)
     run("make", *make, "u-boot.bin", env=env, log_file=ctx.path("uboot.log"))
     shutil.copy(os.path.join(out, "u-boot.bin"), os.path.join(work, "u-boot.bin"))
-    with open(os.path.join(work, "source.txt"), "w") as f:
-        f.write(os.path.basename(dsc) + "\n")
     shutil.rmtree(src)
     shutil.rmtree(out)
+    os.makedirs(shared + ".tmp", exist_ok=True)
+    shutil.copy(os.path.join(work, "u-boot.bin"), os.path.join(shared + ".tmp", "u-boot.bin"))
+    os.replace(shared + ".tmp", shared)
+
+
+def compiler_version(t):
+    return run(t.uboot_cross + "gcc", "--version", quiet=True).splitlines()[0]
+
+
+def build_key(dsc, t, fragment, compiler, source_date_epoch):
+    """sha256 of what decides u-boot.bin: the source (.dsc, which pins every file's hash),
+    defconfig, cross compiler and its version, config fragment, SOURCE_DATE_EPOCH."""
+    h = hashlib.sha256()
+    with open(dsc, "rb") as f:
+        h.update(f.read())
+    for part in (t.uboot_defconfig, t.uboot_cross, compiler, "\n".join(fragment), str(source_date_epoch)):
+        h.update(b"\0" + part.encode())
+    return h.hexdigest()[:32]
 
 
 def tasks(ctx):
@@ -81,7 +116,7 @@ def tasks(ctx):
         "name": "uboot",
         "doc": "build U-Boot for the Pi from Debian's u-boot source with FIT verification",
         "actions": [(build_uboot, [ctx])],
-        "file_dep": [FRAGMENT, __file__],
+        "file_dep": fragments(ctx.target.arch) + [__file__],
         "targets": [ctx.path("uboot", "u-boot.bin")],
         "uptodate": [_config(ctx)],
         "clean": [(shutil.rmtree, [ctx.path("uboot"), True])],
