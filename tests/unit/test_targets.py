@@ -138,3 +138,18 @@ def test_raspberrypi_kernel_tree_is_found(tmp_path):
     assert kernel.find_rpi_kernel(str(tmp_path), "v6") == ("6.1.21+", str(tmp_path / "boot" / "kernel.img"))
     with pytest.raises(BuildError, match="expected /boot/kernel7l.img"):
         kernel.find_rpi_kernel(str(tmp_path), "v7l")
+
+
+# --- which archive apt blames ------------------------------------------------------------
+
+def test_blame_names_the_archive_and_prefers_the_gpg_reason():
+    t = target.load("raspbian-armhf", mirror="raspbian=http://h:1/r,raspberrypi=http://h:1/rpi")
+    out = ("Get:1 http://h:1/r bookworm InRelease\n"
+           "W: GPG error: http://h:1/rpi bookworm InRelease: The following signatures were invalid: EXPSIG 1\n"
+           "E: The repository 'http://h:1/rpi bookworm InRelease' is not signed.\n")
+    archive, line = fetch.blame(out, t.archives)
+    assert archive.name == "raspberrypi" and "EXPSIG" in line
+    archive, line = fetch.blame("E: Failed to fetch http://h:1/r/pool/main/b/busybox/busybox_1_armhf.deb  "
+                                "Hash Sum mismatch\n", t.archives)
+    assert archive.name == "raspbian" and line.endswith("Hash Sum mismatch")
+    assert fetch.blame("E: something else\n", t.archives) == (None, "E: something else")
