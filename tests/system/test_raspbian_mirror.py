@@ -89,7 +89,8 @@ def built(tmp_path_factory):
     (tdir / (NAME + ".toml")).write_text(patched)
     url, stop = serve(str(mirror))
     env = dict(os.environ, MIGOS_TARGET_DIR=str(tdir))
-    for d in (os.path.join(REPO, "build", NAME), DIST):
+    # no earlier download or state: every .deb comes from this run's mirror
+    for d in (os.path.join(REPO, "build", NAME), os.path.join(REPO, "build", "cache", NAME), DIST):
         shutil.rmtree(d, ignore_errors=True)
     t0 = time.monotonic()
     try:
