@@ -153,3 +153,14 @@ def test_blame_names_the_archive_and_prefers_the_gpg_reason():
                                 "Hash Sum mismatch\n", t.archives)
     assert archive.name == "raspbian" and line.endswith("Hash Sum mismatch")
     assert fetch.blame("E: something else\n", t.archives) == (None, "E: something else")
+
+
+def test_keyrings_are_copied_readable_for_apt(tmp_path):
+    """apt verifies as _apt: a keyring in a private directory would read as NO_PUBKEY."""
+    t = target.load("raspbian-armhf")
+    got = fetch.install_keyrings(t, str(tmp_path))
+    assert sorted(got) == ["raspberrypi", "raspbian"]
+    for a in t.archives:
+        assert open(got[a.name], "rb").read() == open(a.keyring_path(), "rb").read()
+        assert os.stat(got[a.name]).st_mode & 0o777 == 0o644
+    assert "[signed-by=%s]" % got["raspbian"] in fetch.sources_list(t, keyrings=got)
