@@ -1,8 +1,11 @@
 """MIGOS build: ``doit build`` (default target debian-arm64), ``doit build target=NAME``;
 ``doit publish dest=DIR [key=KEYID] [src=DIR]`` copies a finished dist/NAME for release.
 
-Command-line variables: ``target=NAME`` (a file multistrap/NAME.toml), ``mirror=URL``
-(replaces the target's first archive URL). The pipeline's steps live in stages/, one
+Command-line variables: ``target=NAME`` (a file multistrap/NAME.toml: debian-arm64,
+debian-armhf, raspbian-armhf), ``mirror=URL`` (replaces the target's first archive URL) or
+``mirror=NAME=URL,NAME=URL`` (replaces the named archives' URLs, e.g.
+``mirror=raspbian=http://cache/raspbian,raspberrypi=http://cache/rpi``). Keyrings stay the
+target's: signatures are always checked. The pipeline's steps live in stages/, one
 module each (see stages/__init__.py); this file only puts their tasks together.
 """
 
@@ -34,12 +37,16 @@ def _context():
 
 
 CTX = _context()
+# doit's task state per target: the tasks have the same names for every target, so one shared
+# state file would rebuild everything each time the target changes
+DOIT_CONFIG["dep_file"] = ".doit.db" if CTX.target.name == "debian-arm64" else ".doit-%s.db" % CTX.target.name
 STAGES = (fetch, rootfs, kernel, modules, overlay, prune, initramfs, uboot, fit, bootpart, dist)
 
 
 def task_build():
-    """build MIGOS for the target (default debian-arm64) into dist/NAME/"""
-    return {"actions": None, "task_dep": ["dist"]}
+    return {"actions": None, "task_dep": ["dist"],
+            "doc": "build MIGOS into dist/NAME/: target=NAME (%s; default debian-arm64), "
+                   "mirror=URL or mirror=ARCHIVE=URL,ARCHIVE=URL" % ", ".join(target.available())}
 
 
 def _make(module):

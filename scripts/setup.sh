@@ -8,8 +8,10 @@ HOST_PACKAGES=(
   # build
   apt dpkg-dev tar proot qemu-user-static u-boot-tools device-tree-compiler kmod zstd xz-utils
   debian-archive-keyring gpg gpgv python3 python3-venv git
+  # the signed test mirrors (apt-ftparchive)
+  apt-utils
   # U-Boot for the Pi, cross-compiled from Debian's source package
-  make gcc gcc-aarch64-linux-gnu bison flex bc libssl-dev libgnutls28-dev
+  make gcc gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf bison flex bc libssl-dev libgnutls28-dev
   # disks, boot and tests
   qemu-system-arm u-boot-qemu dosfstools mtools e2fsprogs fdisk util-linux pigz cpio
   network-manager

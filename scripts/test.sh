@@ -5,4 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/doit build
+# debian-armhf: booted by tests/system; its .deb cache also feeds the raspbian-armhf mirror test
+.venv/bin/doit build target=debian-armhf
 exec .venv/bin/python -m pytest -q "$@" tests/unit tests/integration tests/system

@@ -40,7 +40,7 @@ def template_values(ctx):
     names = [b.fit_config for b in rpi] + ([fit.VIRT_CONFIG] if t.qemu_virt else [])
     return dict(version=ctx.version, target=t.name, arch=t.arch, console=t.console,
                 default_conf=names[0],
-                rpi_confs=[(b.upstream_dtb, b.fit_config) for b in rpi],   # U-Boot's ${fdtfile} names
+                rpi_confs=[(kernel.uboot_fdtfile(b, t.arch), b.fit_config) for b in rpi],
                 virt_conf=fit.VIRT_CONFIG if t.qemu_virt else names[0],
                 virt_cmdline=VIRT_CMDLINE[t.arch], rpi_addr=ADDR[t.arch]["rpi"],
                 virt_addr=ADDR[t.arch]["virt"], comp_addr=ADDR[t.arch]["comp"])
@@ -51,7 +51,7 @@ def plan(target, firmware_files, dtb_dir):
     files = {os.path.basename(f): f for f in firmware_files}
     for key in target.boards:
         b = boards.BY_KEY[key]
-        files["migos/" + b.firmware_dtb] = os.path.join(dtb_dir, b.upstream_dtb)
+        files["migos/" + b.firmware_dtb] = os.path.join(dtb_dir, kernel.dtb_relpath(b, target))
     return files
 
 

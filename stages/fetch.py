@@ -14,6 +14,7 @@ The cache (``build/cache/NAME/archives``) survives ``doit clean``.
 import json
 import os
 import re
+import shutil
 
 from .tools import BuildError, run
 
@@ -32,13 +33,14 @@ def apt_dirs(ctx):
     }
 
 
-def sources_list(target, deb_src=False):
-    """The one-line sources.list for the target's archives (pure)."""
+def sources_list(target, deb_src=False, keyrings=None):
+    """The sources.list for the target's archives (pure); ``keyrings``: {archive name: path}."""
     lines = []
     for a in target.archives:
+        keyring = (keyrings or {}).get(a.name, a.keyring_path())
         for kind in (("deb", "deb-src") if deb_src else ("deb",)):
             lines.append("%s [signed-by=%s] %s %s %s" % (
-                kind, a.keyring_path(), a.url, a.suite, " ".join(a.components)))
+                kind, keyring, a.url, a.suite, " ".join(a.components)))
     return "\n".join(lines) + "\n"
 
 
@@ -72,6 +74,20 @@ def apt_config(target, dirs):
     ])
 
 
+def install_keyrings(target, base):
+    """Copy each archive's keyring to BASE/keyrings/NAME.gpg, mode 0644: apt verifies as the
+    unprivileged _apt user, which cannot read a keyring in a private directory (it would
+    report NO_PUBKEY). Returns {archive name: path}."""
+    out = {}
+    os.makedirs(os.path.join(base, "keyrings"), exist_ok=True)
+    for a in target.archives:
+        dest = os.path.join(base, "keyrings", a.name + ".gpg")
+        shutil.copyfile(a.keyring_path(), dest)
+        os.chmod(dest, 0o644)
+        out[a.name] = dest
+    return out
+
+
 def setup_apt(ctx, deb_src=False):
     dirs = apt_dirs(ctx)
     for d in ("base", "archives", "lists"):
@@ -83,7 +99,7 @@ def setup_apt(ctx, deb_src=False):
     with open(dirs["conf"], "w") as f:
         f.write(apt_config(ctx.target, dirs))
     with open(dirs["sources"], "w") as f:
-        f.write(sources_list(ctx.target, deb_src=deb_src))
+        f.write(sources_list(ctx.target, deb_src=deb_src, keyrings=install_keyrings(ctx.target, dirs["base"])))
     open(dirs["status"], "w").close()
     return dirs
 
@@ -92,13 +108,33 @@ def apt(dirs, *args, log_file=None):
     return run("apt-get", "-q", *args, env={"APT_CONFIG": dirs["conf"], "LC_ALL": "C"}, log_file=log_file)
 
 
+def blame(output, archives):
+    """(archive, apt's message) for the first error or warning of apt's ``output`` that names
+    one of ``archives`` by URL, else (None, last error line). Pure."""
+    lines = [" ".join(l.split()) for l in output.splitlines() if l.startswith(("E:", "W:", "Err:"))]
+    by_len = sorted(archives, key=lambda a: -len(a.url))
+    # apt's "GPG error" warning says why a signature failed; its "E:" line only that it did
+    for line in sorted(lines, key=lambda l: (0 if "GPG error" in l else 1 if l.startswith("E:") else 2)):
+        for a in by_len:
+            if a.url.rstrip("/") + "/" in line or a.url.rstrip("/") + " " in line:
+                return a, line
+    return None, (lines[-1] if lines else "")
+
+
+def _explain(e, archives, what, advice):
+    archive, line = blame(e.output, archives)
+    if archive is None:
+        names = ", ".join("%s (%s)" % (a.name, a.url) for a in archives)
+        return BuildError("%s %s: %s; %s" % (what, names, e, advice))
+    return BuildError("%s %s (%s): %s; %s" % (what, archive.name, archive.url, line, advice))
+
+
 def update(ctx, dirs):
     try:
         apt(dirs, "update", "--error-on=any", log_file=ctx.path("fetch.log"))
     except BuildError as e:
-        names = ", ".join("%s (%s)" % (a.name, a.url) for a in ctx.target.archives)
-        raise BuildError("cannot get a verified package index from %s: %s; check the mirror "
-                         "URL and that its key is the target's keyring" % (names, e)) from None
+        raise _explain(e, ctx.target.archives, "cannot get a verified package index from",
+                       "check the mirror URL and that its key is the target's keyring") from None
 
 
 def resolve(dirs, packages):
@@ -133,7 +169,8 @@ def fetch(ctx):
         try:
             apt(dirs, "install", "-y", "--download-only", *group, log_file=ctx.path("fetch.log"))
         except BuildError as e:
-            raise BuildError("downloading %s failed: %s" % (" ".join(group), e)) from None
+            raise _explain(e, t.archives, "cannot download verified packages from",
+                           "nothing was unpacked; check or resync the mirror") from None
     result = {}
     for key, pkgs in (("root", root), ("extract", extract)):
         entries = []

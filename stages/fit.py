@@ -37,7 +37,7 @@ def plan(target, dtb_dir):
     for key in target.boards:
         b = boards.BY_KEY[key]
         configs.append({"name": b.fit_config, "description": b.name, "kernel": "kernel-rpi",
-                        "dtb": os.path.join(dtb_dir, b.upstream_dtb)})
+                        "dtb": os.path.join(dtb_dir, kernel.dtb_relpath(b, target))})
     if target.qemu_virt:
         configs.append({"name": VIRT_CONFIG, "description": "qemu virt", "kernel": "kernel-virt", "dtb": None})
     families = sorted({c["kernel"][len("kernel-"):] for c in configs})

@@ -2,8 +2,17 @@
 
 These packages are not installed into the MIGOS root (their maintainer scripts would
 build an initramfs of their own or write to /boot/firmware); their files are taken
-directly. Output: ``build/NAME/kernel/`` and ``build/NAME/kernel.json`` naming the
-kernel release, the vmlinuz, the dtb directory and the firmware directory.
+directly. Two layouts (the target's ``kernel_layout``):
+
+    debian       linux-image-*: /boot/vmlinuz-REL-FLAVOUR, /lib/modules/REL,
+                 /usr/lib/linux-image-REL/ (upstream dtbs; arm64 under broadcom/, armhf flat),
+                 raspi-firmware: /usr/lib/raspi-firmware/{bootcode.bin,start*.elf,fixup*.dat}
+    raspberrypi  raspberrypi-kernel: /boot/kernel.img (ARMv6), kernel7.img, kernel7l.img,
+                 kernel8.img, /boot/*.dtb under the firmware's names, /lib/modules/REL+,
+                 REL-v7+, REL-v7l+, REL-v8+; raspberrypi-bootloader: /boot/{bootcode.bin,...}
+
+Output: ``build/NAME/kernel/`` and ``build/NAME/kernel.json`` naming the kernel release,
+the vmlinuz, the module, dtb and firmware directories.
 """
 
 import glob
@@ -16,6 +25,25 @@ from . import fetch, stamp
 from .tools import BuildError, pipe_to_tar
 
 FIRMWARE_BLOBS = ("bootcode.bin", "start*.elf", "fixup*.dat")
+# raspberrypi layout: flavour -> (image in /boot, pattern of its /lib/modules release)
+RPI_KERNELS = {"v6": ("kernel.img", r"^\d+\.\d+\.\d+\+$"), "v7": ("kernel7.img", r"-v7\+$"),
+               "v7l": ("kernel7l.img", r"-v7l\+$"), "v8": ("kernel8.img", r"-v8\+$")}
+
+
+def dtb_relpath(board, target):
+    """Where ``board``'s device tree is under the kernel's dtb directory (pure).
+
+    Raspberry Pi kernels ship the firmware's own dtbs; Debian's upstream ones, and Linux 6.1
+    keeps 32-bit ARM dtbs flat (vendor directories came in 6.5), arm64 under broadcom/.
+    """
+    if target.kernel_layout == "raspberrypi":
+        return board.firmware_dtb
+    return uboot_fdtfile(board, target.arch)
+
+
+def uboot_fdtfile(board, arch):
+    """The name U-Boot's Raspberry Pi board code puts in ${fdtfile} (pure): "broadcom/" only on arm64."""
+    return board.upstream_dtb if arch == "arm64" else os.path.basename(board.upstream_dtb)
 
 
 def find_kernel(tree, flavour):
@@ -28,21 +56,50 @@ def find_kernel(tree, flavour):
     return release, found[0]
 
 
+def find_rpi_kernel(tree, flavour):
+    """(release, image path) of a raspberrypi-kernel tree for ``flavour`` (v6, v7, v7l, v8)."""
+    if flavour not in RPI_KERNELS:
+        raise BuildError("kernel_flavour %r is not a Raspberry Pi kernel; use one of %s" % (
+            flavour, ", ".join(RPI_KERNELS)))
+    image, pattern = RPI_KERNELS[flavour]
+    found = []
+    for base in ("lib/modules", "usr/lib/modules"):
+        d = os.path.join(tree, base)
+        if os.path.isdir(d):
+            found += [r for r in os.listdir(d) if re.search(pattern, r)]
+    path = os.path.join(tree, "boot", image)
+    if len(found) != 1 or not os.path.isfile(path):
+        raise BuildError("expected /boot/%s and one module directory matching %s in the kernel package, "
+                         "found %s; check the target's extract list" % (image, pattern, found or "none"))
+    return found[0], path
+
+
+def layout_paths(tree, layout, release):
+    """(modules, dtbs, firmware) directories of an unpacked kernel tree (pure)."""
+    modules = os.path.join(tree, "lib", "modules", release)
+    if not os.path.isdir(modules):
+        modules = os.path.join(tree, "usr", "lib", "modules", release)
+    if layout == "raspberrypi":
+        return modules, os.path.join(tree, "boot"), os.path.join(tree, "boot")
+    return (modules, os.path.join(tree, "usr", "lib", "linux-image-" + release),
+            os.path.join(tree, "usr", "lib", "raspi-firmware"))
+
+
 def unpack_kernel(ctx):
+    t = ctx.target
     tree = ctx.path("kernel")
     if os.path.exists(tree):
         shutil.rmtree(tree)
     os.makedirs(tree)
     for p in fetch.packages(ctx)["extract"]:
         pipe_to_tar(p["deb"], tree)
-    release, vmlinuz = find_kernel(tree, ctx.target.kernel_flavour)
-    modules = os.path.join(tree, "lib", "modules", release)
-    if not os.path.isdir(modules):
-        modules = os.path.join(tree, "usr", "lib", "modules", release)
-    dtbs = os.path.join(tree, "usr", "lib", "linux-image-" + release)
-    firmware = os.path.join(tree, "usr", "lib", "raspi-firmware")
+    if t.kernel_layout == "raspberrypi":
+        release, vmlinuz = find_rpi_kernel(tree, t.kernel_flavour)
+    else:
+        release, vmlinuz = find_kernel(tree, t.kernel_flavour)
+    modules, dtbs, firmware = layout_paths(tree, t.kernel_layout, release)
     info = {"release": release, "vmlinuz": vmlinuz, "modules": modules, "dtbs": dtbs,
-            "firmware": firmware if os.path.isdir(firmware) else None}
+            "firmware": firmware if firmware_blobs(firmware) else None}
     for key in ("modules", "dtbs"):
         if not os.path.isdir(info[key]):
             raise BuildError("the kernel package has no %s directory (%s)" % (key, info[key]))

@@ -16,7 +16,7 @@ import shutil
 from debian import deb822
 
 from . import fetch, stamp
-from .tools import BuildError, pipe_to_tar, run
+from .tools import BuildError, pipe_to_tar, run, without_statx
 
 MERGED_USR = ("bin", "sbin", "lib")
 
@@ -57,7 +57,9 @@ def proot(ctx, root, *argv, binds=(), log_file=None):
         args += ["-b", b]
     env = ["/usr/bin/env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND=noninteractive",
            "DEBCONF_NONINTERACTIVE_SEEN=true", "LC_ALL=C", "SOURCE_DATE_EPOCH=%d" % ctx.source_date_epoch]
-    return run("proot", *(args + env + list(argv)), log_file=log_file)
+    # 32-bit ARM: refuse statx so stat calls take the path proot translates (tools.without_statx)
+    preexec = without_statx if ctx.target.arch in ("armhf", "armel") else None
+    return run("proot", *(args + env + list(argv)), log_file=log_file, preexec=preexec)
 
 
 # Skipped while dpkg unpacks under emulation: pruned from the image anyway.

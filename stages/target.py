@@ -9,6 +9,7 @@ file, the key and what to do.
 
 import dataclasses
 import os
+import re
 import subprocess
 import tomllib
 from typing import List, Optional
@@ -20,6 +21,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET_DIR = os.environ.get("MIGOS_TARGET_DIR", os.path.join(REPO, "multistrap"))
 
 QEMU_USER = {"arm64": "qemu-aarch64-static", "armhf": "qemu-arm-static", "armel": "qemu-arm-static"}
+LAYOUTS = ("debian", "raspberrypi")
+ISAS = ("armv6", "armhf", "arm64")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +46,10 @@ class Target:
     packages: List[str]               # installed and configured in the MIGOS root
     build_only: List[str]             # needed to configure the root; their files are pruned
     extract: List[str]                # only unpacked for their files (kernel, firmware)
-    kernel_flavour: str               # e.g. "arm64": picks /boot/vmlinuz-*-arm64
+    kernel_flavour: str               # debian layout: "arm64" picks /boot/vmlinuz-*-arm64;
+                                      # raspberrypi layout: "v7" picks /boot/kernel7.img + *-v7+ modules
+    kernel_layout: str                # "debian" or "raspberrypi" (where the kernel package puts files)
+    isa: str                          # instruction set the userland needs: armv6, armhf, arm64
     uboot_defconfig: Optional[str]
     uboot_cross: Optional[str]
     boards: List[str]                 # keys of migos.boards, in FIT configuration order
@@ -68,8 +74,32 @@ def available():
     return sorted(f[:-5] for f in os.listdir(TARGET_DIR) if f.endswith(".toml"))
 
 
+def parse_mirrors(text, archives, where):
+    """``mirror=`` of ``doit build`` -> {archive name: URL}. Pure.
+
+    ``URL`` replaces the first archive's URL; ``NAME=URL,NAME=URL`` replaces the named ones.
+    """
+    if not text:
+        return {}
+    names = [a.name for a in archives]
+    items = [i.strip() for i in text.split(",") if i.strip()]
+    if len(items) == 1 and not re.match(r"^[A-Za-z0-9_.-]+=", items[0]):
+        return {names[0]: items[0]}
+    out = {}
+    for item in items:
+        m = re.match(r"^([A-Za-z0-9_.-]+)=(.+)$", item)
+        if not m:
+            raise BuildError("mirror=%s: %r is not NAME=URL; use mirror=URL or mirror=NAME=URL,NAME=URL "
+                             "with NAME one of %s" % (text, item, ", ".join(names)))
+        if m.group(1) not in names:
+            raise BuildError("mirror=%s: %s has no archive %r; its archives are %s" % (
+                text, where, m.group(1), ", ".join(names)))
+        out[m.group(1)] = m.group(2)
+    return out
+
+
 def load(name, mirror=None):
-    """Load and validate target ``name``; ``mirror`` replaces the first archive's URL."""
+    """Load and validate target ``name``; ``mirror`` replaces archive URLs (see parse_mirrors)."""
     path = os.path.join(TARGET_DIR, name + ".toml")
     if not os.path.isfile(path):
         raise BuildError("unknown target %r; choose one of: %s" % (name, ", ".join(available())))
@@ -103,12 +133,16 @@ def parse(raw, where, mirror=None):
         archives.append(Archive(**a))
     if not archives:
         raise BuildError("%s: no [[archive]] given; a target needs at least one archive" % where)
-    if mirror:
-        archives[0] = dataclasses.replace(archives[0], url=mirror)
+    urls = parse_mirrors(mirror, archives, where)
+    archives = [dataclasses.replace(a, url=urls.get(a.name, a.url)) for a in archives]
+    if len({a.name for a in archives}) != len(archives):
+        raise BuildError("%s: two [[archive]] entries have the same name; names must differ" % where)
     values = dict(raw, archives=archives)
     values.pop("archive", None)
     values.setdefault("uboot_defconfig", None)
     values.setdefault("uboot_cross", None)
+    values.setdefault("kernel_layout", "debian")
+    values.setdefault("isa", raw.get("arch"))
     missing = _FIELDS - set(values)
     if missing:
         raise BuildError("%s: missing key %s" % (where, ", ".join(sorted(missing))))
@@ -116,6 +150,10 @@ def parse(raw, where, mirror=None):
     if target.arch not in QEMU_USER:
         raise BuildError("%s: arch %r is not supported; use one of %s" % (
             where, target.arch, ", ".join(sorted(QEMU_USER))))
+    if target.kernel_layout not in LAYOUTS:
+        raise BuildError("%s: kernel_layout %r is not one of %s" % (where, target.kernel_layout, ", ".join(LAYOUTS)))
+    if target.isa not in ISAS:
+        raise BuildError("%s: isa %r is not one of %s" % (where, target.isa, ", ".join(ISAS)))
     for a in target.archives:
         if not os.path.isfile(a.keyring_path()):
             raise BuildError("%s: keyring %s of archive %s not found; install debian-archive-keyring "
@@ -127,11 +165,11 @@ def parse(raw, where, mirror=None):
         if b not in boards.BY_KEY:
             raise BuildError("%s: unknown board %r; known boards: %s" % (
                 where, b, ", ".join(sorted(boards.BY_KEY))))
-        if not boards.BY_KEY[b].upstream_dtb:
+        if target.kernel_layout == "debian" and not boards.BY_KEY[b].upstream_dtb:
             raise BuildError("%s: board %s has no device tree in Debian's kernel; remove it from boards"
                              % (where, b))
-        if target.arch not in boards.BY_KEY[b].arches:
-            raise BuildError("%s: board %s cannot run %s; remove it from boards" % (where, b, target.arch))
+        if target.isa not in boards.BY_KEY[b].arches:
+            raise BuildError("%s: board %s cannot run %s; remove it from boards" % (where, b, target.isa))
     if not target.boards and not target.qemu_virt:
         raise BuildError("%s: no boards and qemu_virt = false; the FIT needs a configuration" % where)
     return target

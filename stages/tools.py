@@ -33,7 +33,11 @@ def which(program):
 
 
 class BuildError(Exception):
-    """A build step failed; ``str()`` is one line for the user."""
+    """A build step failed; ``str()`` is one line for the user; ``output`` the program's full output."""
+
+    def __init__(self, message, output=""):
+        super().__init__(message)
+        self.output = output
 
 
 def require(*programs):
@@ -44,7 +48,35 @@ def require(*programs):
             "s" if len(missing) > 1 else "", ", ".join(missing), " ".join(pkgs)))
 
 
-def run(program, *args, env=None, cwd=None, input=None, quiet=False, log_file=None):
+# statx(2) numbers and seccomp audit arches of the hosts the build runs on
+_STATX = {"x86_64": (0xC000003E, 332), "aarch64": (0xC00000B7, 291)}
+
+
+def without_statx():
+    """Make statx(2) fail with ENOSYS in this process and its children (seccomp filter).
+
+    For ``proot -q qemu-arm-static``: 32-bit glibc (2.34+) stats files with statx, qemu passes
+    it on as the host's statx, and proot 5.1 does not translate statx paths, so every stat
+    inside the root misses ("No such file or directory"). With statx refused, glibc (and qemu)
+    fall back to fstatat64 / newfstatat, which proot translates. Used as a preexec function.
+    """
+    import ctypes
+    import platform
+    import struct
+    arch, nr = _STATX[platform.machine()]
+    ld, jeq, ret = 0x20, 0x15, 0x06
+    prog = [(ld, 0, 0, 4), (jeq, 0, 3, arch), (ld, 0, 0, 0), (jeq, 0, 1, nr),
+            (ret, 0, 0, 0x00050000 | 38),            # SECCOMP_RET_ERRNO | ENOSYS
+            (ret, 0, 0, 0x7FFF0000)]                  # SECCOMP_RET_ALLOW
+    raw = b"".join(struct.pack("HBBI", *i) for i in prog)
+    buf = ctypes.create_string_buffer(raw, len(raw))
+    fprog = struct.pack("HxxxxxxP", len(prog), ctypes.addressof(buf))
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(38, 1, 0, 0, 0) != 0 or libc.prctl(22, 2, ctypes.c_char_p(fprog), 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "seccomp filter for statx refused")
+
+
+def run(program, *args, env=None, cwd=None, input=None, quiet=False, log_file=None, preexec=None):
     """Run ``program args…``; return its stdout as text. Raise BuildError on failure."""
     require(program)
     argv = [str(a) for a in args]
@@ -55,6 +87,8 @@ def run(program, *args, env=None, cwd=None, input=None, quiet=False, log_file=No
     kwargs = dict(_env=full_env, _cwd=cwd, _err_to_out=False, _tty_out=False)
     if input is not None:
         kwargs["_in"] = input
+    if preexec is not None:
+        kwargs["_preexec_fn"] = preexec
     try:
         out = sh.Command(which(program))(*argv, **kwargs)
     except sh.ErrorReturnCode as e:
@@ -64,7 +98,8 @@ def run(program, *args, env=None, cwd=None, input=None, quiet=False, log_file=No
                 f.write(e.stdout or b"")
                 f.write(e.stderr or b"")
         tail = err[-1] if err else "no output"
-        raise BuildError("%s failed (exit %d): %s" % (program, e.exit_code, tail)) from None
+        full = b"\n".join(x for x in (e.stdout, e.stderr) if x).decode(errors="replace")
+        raise BuildError("%s failed (exit %d): %s" % (program, e.exit_code, tail), output=full) from None
     text = str(out)
     if log_file:
         with open(log_file, "a") as f:

@@ -6,7 +6,7 @@ signatures, verbose FIT messages, FAT, a boot command that runs boot.scr). The s
 comes through apt (deb-src of the same signed archive, hashes checked) and is cached
 under build/cache/; the build is reproducible (SOURCE_DATE_EPOCH from the source
 package's changelog, prefix-mapped paths), so its result is cached too, keyed by
-everything it depends on (build/cache/NAME/u-boot/KEY/u-boot.bin), like ccache would.
+everything it depends on (build/cache/u-boot-builds/KEY/u-boot.bin, shared by targets), like ccache.
 Output: build/NAME/uboot/u-boot.bin.
 """
 
@@ -25,9 +25,18 @@ from .tools import BuildError, run
 FRAGMENT = os.path.join(REPO, "boot", "uboot.config")
 
 
-def fragment_lines():
-    with open(FRAGMENT) as f:
-        return [l.strip() for l in f if l.strip() and not l.startswith("#")]
+def fragments(arch):
+    """boot/uboot.config, then boot/uboot-ARCH.config if there is one."""
+    arch_file = os.path.join(REPO, "boot", "uboot-%s.config" % arch)
+    return [FRAGMENT] + ([arch_file] if os.path.exists(arch_file) else [])
+
+
+def fragment_lines(arch):
+    lines = []
+    for path in fragments(arch):
+        with open(path) as f:
+            lines += [l.strip() for l in f if l.strip() and not l.startswith("#")]
+    return lines
 
 
 def download_source(ctx):
@@ -44,7 +53,7 @@ def download_source(ctx):
     with open(src_apt["conf"], "w") as f:
         f.write(fetch.apt_config(t, src_apt))
     with open(src_apt["sources"], "w") as f:
-        f.write(fetch.sources_list(t, deb_src=True))
+        f.write(fetch.sources_list(t, deb_src=True, keyrings=fetch.install_keyrings(t, src_apt["base"])))
     open(src_apt["status"], "w").close()
     fetch.update(ctx, src_apt)
     run("apt-get", "-q", "source", "--download-only", "u-boot", cwd=cache,
@@ -55,14 +64,18 @@ def download_source(ctx):
     return dscs[-1]
 
 
-def cache_key(dsc, defconfig, cross):
-    """What the U-Boot binary depends on: source version, defconfig, fragment, this recipe. Pure."""
+def cache_key(dsc, t):
+    """What u-boot.bin depends on: the source (the .dsc pins every file's hash), defconfig, cross
+    compiler and its version, config fragments, this recipe. Pure but for reading files."""
     h = hashlib.sha256()
-    for part in (os.path.basename(dsc), defconfig, cross, "\n".join(fragment_lines())):
-        h.update(part.encode() + b"\0")
+    with open(dsc, "rb") as f:
+        h.update(f.read())
+    compiler = run(t.uboot_cross + "gcc", "--version", quiet=True).splitlines()[0]
+    for part in (t.uboot_defconfig, t.uboot_cross, compiler, "\n".join(fragment_lines(t.arch))):
+        h.update(b"\0" + part.encode())
     with open(__file__, "rb") as f:
         h.update(f.read())
-    return h.hexdigest()[:16]
+    return h.hexdigest()[:32]
 
 
 def changelog_epoch(src):
@@ -85,11 +98,11 @@ def compile_uboot(ctx, dsc, dest):
     env = {"SOURCE_DATE_EPOCH": str(changelog_epoch(src)), "LC_ALL": "C", "TZ": "UTC"}
     run("make", *make, t.uboot_defconfig, env=env, log_file=ctx.path("uboot.log"))
     with open(os.path.join(out, ".config"), "a") as f:
-        f.write("\n".join(fragment_lines()) + "\n")
+        f.write("\n".join(fragment_lines(t.arch)) + "\n")
     run("make", *make, "olddefconfig", env=env, log_file=ctx.path("uboot.log"))
     with open(os.path.join(out, ".config")) as f:
         config = f.read().splitlines()
-    for line in fragment_lines():
+    for line in fragment_lines(t.arch):
         if line.endswith("=y") and line not in config:
             raise BuildError("U-Boot option %s did not stick (a dependency is off); fix boot/uboot.config"
                              % line)
@@ -104,7 +117,8 @@ def build_uboot(ctx):
     if not t.uboot_defconfig:
         raise BuildError("target %s has no uboot_defconfig" % t.name)
     dsc = download_source(ctx)
-    cached = os.path.join(ctx.cache, "u-boot", cache_key(dsc, t.uboot_defconfig, t.uboot_cross), "u-boot.bin")
+    # shared by every target whose archives carry the same source (Raspbian rebuilds Debian's)
+    cached = os.path.join(os.path.dirname(ctx.cache), "u-boot-builds", cache_key(dsc, t), "u-boot.bin")
     if not os.path.exists(cached):
         os.makedirs(os.path.dirname(cached), exist_ok=True)
         compile_uboot(ctx, dsc, cached + ".tmp")
@@ -120,7 +134,7 @@ def tasks(ctx):
         "name": "uboot",
         "doc": "build U-Boot for the Pi from Debian's u-boot source with FIT verification",
         "actions": [(build_uboot, [ctx])],
-        "file_dep": [FRAGMENT, __file__],
+        "file_dep": fragments(ctx.target.arch) + [__file__],
         "targets": [ctx.path("uboot", "u-boot.bin")],
         "uptodate": [_config(ctx)],
         "clean": [(shutil.rmtree, [ctx.path("uboot"), True])],

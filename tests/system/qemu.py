@@ -17,6 +17,13 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DIST = os.path.join(REPO, "dist", "debian-arm64")
 UBOOT_QEMU = "/usr/lib/u-boot/qemu_arm64/u-boot.bin"
+UBOOT_QEMU_ARM = "/usr/lib/u-boot/qemu_arm/u-boot.bin"
+# qemu system emulator and virt CPU per target architecture
+VIRT = {"arm64": ("qemu-system-aarch64", "cortex-a53"), "armhf": ("qemu-system-arm", "cortex-a15")}
+
+
+def dist_dir(name):
+    return os.path.join(REPO, "dist", name)
 
 
 class Machine:
@@ -82,10 +89,12 @@ class Machine:
         self.log.close()
 
 
-def qemu_virt(kernel=None, initrd=None, append=None, bios=None, disk=None, extra=(), mem=1024, forward=None):
+def qemu_virt(kernel=None, initrd=None, append=None, bios=None, disk=None, extra=(), mem=1024, arch="arm64",
+              forward=None):
     """argv for qemu virt. ``forward=(guest_ip, guest_port, host_port)``: user-mode network restricted
     to one forward from the guest to 127.0.0.1:host_port (nothing else is reachable)."""
-    argv = ["qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a53", "-m", str(mem), "-nographic",
+    system, cpu = VIRT[arch]
+    argv = [system, "-M", "virt", "-cpu", cpu, "-m", str(mem), "-nographic",
             "-no-reboot", "-monitor", "none", "-serial", "stdio"]
     if forward:
         relay = "%s %s 127.0.0.1 %d" % (sys.executable, os.path.join(REPO, "tests", "system", "relay.py"), forward[2])
@@ -136,10 +145,10 @@ def make_boot_disk(path, tree, size_mib=128, part_start_mib=4, extra_files=None)
     return img
 
 
-def require_dist():
+def require_dist(name="debian-arm64", system="qemu-system-aarch64"):
     import pytest
-    if not os.path.exists(os.path.join(DIST, "SHA256SUMS")):
-        pytest.fail("dist/debian-arm64 is not built; run `doit build` first")
-    for tool in ("qemu-system-aarch64", "sfdisk", "mkfs.vfat", "mcopy"):
+    if not os.path.exists(os.path.join(dist_dir(name), "SHA256SUMS")):
+        pytest.fail("dist/%s is not built; run `doit build target=%s` first" % (name, name))
+    for tool in (system, "sfdisk", "mkfs.vfat", "mcopy"):
         if not shutil.which(tool):
             pytest.fail("%s is not installed (see README's setup command)" % tool)
