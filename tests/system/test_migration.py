@@ -28,7 +28,7 @@ pytestmark = pytest.mark.system
 
 def prepare(work, hostname):
     """A bootable synthetic balenaOS image (zstd) and an old-OS disk with MIGOS installed that
-    migrates to it from http://10.0.2.100:8080 (the test server). Returns (disk, image, config)."""
+    migrates to it from the test server (seen from the guest at GUEST_SERVER). Returns (disk, image, config)."""
     image = os.path.join(work, "balena.img")
     make_balena_image(image, "raspberrypi3-64", boot_files=pi.bootable_balena_files(work),
                       boot_mib=48, root_mib=16, state_mib=8, data_mib=8, kernel_mib=0.0625,

@@ -74,7 +74,7 @@ def _disk(path, files):
 
 
 def test_boot_disk_found_and_read_without_mounting(tmp_path):
-    settings = {"image": {"source": "url", "url": "http://10.0.2.100:8080/balena.img.zst"}, "hostname": "pi-7"}
+    settings = {"image": {"source": "url", "url": "http://127.0.0.1:8080/balena.img.zst"}, "hostname": "pi-7"}
     _disk(tmp_path / "a.img", {"readme.txt": b"not this one"})
     b = tmp_path / "b.img"
     _disk(b, {"migos/migrate.json": json.dumps(settings).encode(), "migos/config.json": b'{"uuid": "x"}',
