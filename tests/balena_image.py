@@ -413,7 +413,8 @@ def migrate_env(**extra):
 
 
 def run_migrate(*args, **kw):
-    return subprocess.run(migrate_argv(*args), env=migrate_env(), stdout=subprocess.PIPE,
+    kw.setdefault("env", migrate_env())
+    return subprocess.run(migrate_argv(*args), stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, universal_newlines=True, **kw)
 
 

@@ -29,12 +29,13 @@ def disk(k, request):
     os.unlink(path)
 
 
-def refused(k, disk, *args, **kw):
-    """Run migrate on a loop device over ``disk``; assert exit 2, one line, disk unchanged."""
+def refused(k, disk, *args, code=2, **kw):
+    """Run migrate on a loop device over ``disk``; assert exit ``code`` (2 bad input, 3 source
+    unreachable), one line, disk unchanged."""
     before = bi.file_sha(disk)
     with bi.Loop(disk) as dev:
         proc = bi.run_migrate("--device", dev, *args, **kw)
-    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.returncode == code, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("migos migrate: "), last
     assert "; " in last  # problem; what to do
@@ -77,14 +78,32 @@ def test_truncated_inside_resin_boot(k, disk, tmp_path, fmt):
     assert "truncated" in msg or "ends" in msg
 
 
+@pytest.mark.parametrize("fmt,cut", [("gz", "truncated"), ("gz", "corrupt"), ("zst", "corrupt"),
+                                     ("xz", "corrupt")])
+def test_damage_late_in_the_stream_refused_before_writing(k, disk, tmp_path, fmt, cut):
+    """The verify-first pass decompresses the whole image before the first write, so damage
+    that a stream only meets late (a cut .gz, a flipped byte near the end) is refused with
+    exit 2 and the disk unchanged: the old OS can still be given back."""
+    src = k.compressed(fmt)
+    img = str(tmp_path / ("late." + fmt))
+    if cut == "truncated":
+        truncated_copy(src, img, 0.7)
+    else:
+        corrupt_copy(src, img, 0.8, 256)
+    msg = refused(k, disk, "--image", img, "-c", k.config)
+    assert "corrupt" in msg or "truncated" in msg
+    assert "nothing was written" in msg
+
+
 def test_truncated_gz_late_keeps_guarantee_and_resumes(k, disk, tmp_path):
-    """A cut .gz can only be found when the stream reaches the cut, after writes began: exit 1,
-    MBR and old p1 untouched (MIGOS still boots), and the good image then resumes."""
+    """Without the verify-first pass, a cut .gz is found only when the stream reaches the cut,
+    after writes began: exit 1, MBR and old p1 untouched (MIGOS still boots), and the good
+    image then resumes."""
     img = truncated_copy(k.compressed("gz"), str(tmp_path / "late.gz"), 0.7)
     mbr = bi.read_region(disk, 0, 512)
     p1 = bi.region_sha(disk, *k.old_info["p1"])
     with bi.Loop(disk) as dev:
-        proc = bi.run_migrate("--device", dev, "--image", img, "-c", k.config)
+        proc = bi.run_migrate("--device", dev, "--image", img, "-c", k.config, "--no-verify-first")
         assert proc.returncode == 1
         last = proc.stderr.strip().splitlines()[-1]
         assert "truncated" in last and "resume" in last
@@ -107,13 +126,13 @@ def test_corrupt_stream_early(k, disk, tmp_path, fmt):
 @pytest.mark.parametrize("fmt,where", [("gz", 0.8), ("xz", 0.8), ("zst", 0.8), ("zst", 0.0005)])
 def test_corrupt_stream_late_never_switches(k, disk, tmp_path, fmt, where):
     """Corruption found only later in the stream (zstd: often only by the frame checksum at the
-    very end): exit non-zero, never switched, MIGOS still boots; then the intact image resumes,
-    rewriting whatever the corrupt run left wrong."""
+    very end) when the verify-first pass is skipped: exit non-zero, never switched, MIGOS still
+    boots; then the intact image resumes, rewriting whatever the corrupt run left wrong."""
     img = corrupt_copy(k.compressed(fmt), str(tmp_path / ("late." + fmt)), where, 256)
     mbr = bi.read_region(disk, 0, 512)
     p1 = bi.region_sha(disk, *k.old_info["p1"])
     with bi.Loop(disk) as dev:
-        proc = bi.run_migrate("--device", dev, "--image", img, "-c", k.config)
+        proc = bi.run_migrate("--device", dev, "--image", img, "-c", k.config, "--no-verify-first")
         assert proc.returncode in (1, 2)
         assert "corrupt" in proc.stderr.strip().splitlines()[-1]
         assert bi.read_region(disk, 0, 512) == mbr
@@ -221,9 +240,10 @@ def test_bad_hostname_and_nm_file(k, disk, tmp_path):
 # the journal -------------------------------------------------------------------------------
 
 def interrupted(k, disk, img):
-    """Leave a journal behind: a migration that stops at a late corrupt/cut spot."""
+    """Leave a journal behind: a migration that stops at a late corrupt/cut spot (found only
+    while writing, since the verify-first pass is skipped)."""
     with bi.Loop(disk) as dev:
-        proc = bi.run_migrate("--device", dev, "--image", img, "-c", k.config)
+        proc = bi.run_migrate("--device", dev, "--image", img, "-c", k.config, "--no-verify-first")
     assert proc.returncode == 1, proc.stderr[-2000:]
 
 
@@ -267,7 +287,8 @@ def test_unreachable_url(k, disk):
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()  # nothing listens there now
-    msg = refused(k, disk, "--image", "http://127.0.0.1:%d/balena.img.gz" % port, "-c", k.config)
+    msg = refused(k, disk, "--image", "http://127.0.0.1:%d/balena.img.gz" % port, "-c", k.config,
+                  code=3)
     assert "cannot reach" in msg
 
 
@@ -282,10 +303,11 @@ def test_api_http_errors(k, disk, tmp_path, where, code, word):
                               images={("raspberrypi3", "2.50.1+rev1"): gz},
                               files={"img.gz": gz}, status={where: code}) as api:
         cfg = k.write_config(str(tmp_path / "c.json"), apiEndpoint=api.url)
+        want = 3 if code >= 500 else 2      # a server error may pass: try again later
         if where.startswith("/files"):
-            msg = refused(k, disk, "--image", api.url + where, "-c", cfg)
+            msg = refused(k, disk, "--image", api.url + where, "-c", cfg, code=want)
         else:
-            msg = refused(k, disk, "-c", cfg)
+            msg = refused(k, disk, "-c", cfg, code=want)
         assert word in msg
         if code == 500:  # retried (bounded) before giving up
             assert len([r for r in api.requests if r[1].startswith(where)]) > 1

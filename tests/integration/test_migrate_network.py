@@ -45,11 +45,30 @@ def test_drops_every_few_mib(k, tmp_path, source):
     assert len(ranges) >= size // drop
     offsets = [int(r.split("=")[1].rstrip("-")) for r in ranges if r]
     assert offsets == [drop * (i + 1) for i in range(len(offsets))]
-    assert sent < 1.10 * size, (sent, size)
+    assert sent < 1.10 * size, (sent, size)      # staged in RAM: downloaded once, verified there
+    assert '"staged": true' in proc.stderr
     drops = [json.loads(l) for l in proc.stderr.splitlines() if "connection dropped" in l]
     assert len(drops) == len(offsets)
     assert bi.verify_migrated(disk, k, config=None if source == "url" else
                               dict(bi.CONFIG, apiEndpoint=api.url)) == []
+    os.unlink(disk)
+
+
+def test_image_larger_than_the_ram_budget_is_streamed(k, tmp_path):
+    """Over the RAM budget the image is not staged: one download to verify it, a second one to
+    write it (both resumable), and the migration completes."""
+    gz = k.compressed("gz")
+    size = os.path.getsize(gz)
+    with balena_api.BalenaApi(files={"img.gz": gz}, drop_every=4 * bi.MIB) as api:
+        disk = k.fresh_disk("disk-budget.img")
+        with bi.Loop(disk) as dev:
+            proc = bi.run_migrate("--device", dev, "--image", api.url + "/files/img.gz",
+                                  "-c", k.config, env=bi.migrate_env(MIGOS_RAM_BUDGET_MIB="1"))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        sent = api.total_sent("/files/img.gz")
+    assert '"staged": false' in proc.stderr and "does not fit" in proc.stderr
+    assert 1.9 * size < sent < 2.2 * size, (sent, size)
+    assert bi.verify_migrated(disk, k) == []
     os.unlink(disk)
 
 

@@ -8,7 +8,9 @@ def register(sub, common_options):
         description="The stage-2 state machine: writes a balenaOS image next to the old boot "
         "partition, verifies every partition by reading it back, injects config.json and "
         "NetworkManager files, and switches the MBR as the very last write. Running the same "
-        "command again after a crash resumes.")
+        "command again after a crash resumes. Exit codes: 0 done; 1 stopped after writing "
+        "(run it again: it resumes); 2 bad input, nothing written; 3 the image source could not "
+        "be reached, nothing written (try again later).")
     common_options(p)
     p.add_argument("--device", required=True, metavar="DEV",
                    help="the whole disk (block device) or a disk image file")
@@ -27,6 +29,9 @@ def register(sub, common_options):
     p.add_argument("--discard-journal", action="store_true",
                    help="ignore the journal of an interrupted migration of another image and "
                    "start over")
+    p.add_argument("--no-verify-first", action="store_true",
+                   help="skip decompressing the whole image once before the first write (faster, "
+                   "but a corrupt image is then found only after the old OS is gone)")
     p.set_defaults(func=_migrate)
 
 

@@ -449,6 +449,7 @@ class Migration(object):
         # a switched disk: the journal says so and the MBR is the one we wrote
         self.found = self.find_journal()
         self.open_source(self.cfg)
+        self.stage_in_ram()
         self.format, self.reader, self.counted = formats.open_image(self.src)
         log.info("image %s (%s)" % (self.image_name, self.format), image=self.image_name,
                  format=self.format)
@@ -473,6 +474,63 @@ class Migration(object):
         if self.looks_balena(self.old_mbr) and self.found is None:
             raise UsageError("the device already holds a balenaOS partition layout",
                              "nothing to migrate")
+        self.verify_first()
+
+    def stage_in_ram(self):
+        """Download an http(s) image whole into RAM when it fits (see sources.ram_budget): the
+        rest of the migration no longer depends on the network, and verify_first reads it
+        from RAM instead of downloading it twice."""
+        total = getattr(self.src, "total", None)
+        if not isinstance(self.src, sources.HttpSource) or not total:
+            return
+        budget = sources.ram_budget()
+        if total > budget:
+            log.event("OK", "image %d MiB does not fit the RAM budget of %d MiB: streaming it "
+                      "(downloaded twice: once to verify, once to write)" % (
+                          total // MIB, budget // MIB), staged=False)
+            return
+        t = time.monotonic()
+        prog = Progress(total, "download to RAM")
+        self.src = sources.stage_in_ram(self.src, prog.add)
+        self.timings["download_s"] = time.monotonic() - t
+        log.event("OK", "image downloaded to RAM: %d MiB in %.1fs" % (
+            total // MIB, self.timings["download_s"]), staged=True, bytes=total)
+
+    def verify_first(self):
+        """Decompress the whole image once, before the first write, and check it ends cleanly
+        (gzip/zip CRC, xz check, zstd checksum) and covers every partition: a corrupt or
+        truncated image is refused while the old OS can still be given back (exit 2).
+        Skipped on a disk that a run already wrote to: there is no way back anyway, and the
+        write pass checks the same things as it goes."""
+        if self.found is not None or self.args.no_verify_first:
+            return
+        t = time.monotonic()
+        src = self.src.reopen()
+        try:
+            fmt, reader, _ = formats.open_image(src)
+            prog = Progress(getattr(src, "total", None) or getattr(src, "size", 0) or 1,
+                            "verify image")
+            length = 0
+            last = 0
+            while True:
+                data = reader.read(4 * MIB)
+                if not data:
+                    break
+                length += len(data)
+                prog.add(src.sent - last)
+                last = src.sent
+            reader.finish()
+        except formats.FormatError as e:
+            raise UsageError("the image is corrupt: %s" % e,
+                             "fix the image at its source; nothing was written")
+        finally:
+            src.close()
+        if length < self.plan.copy_end:
+            raise UsageError("the image is truncated: %d bytes, its partitions need %d" % (
+                length, self.plan.copy_end), "fix the image at its source; nothing was written")
+        self.timings["verify_first_s"] = time.monotonic() - t
+        log.event("OK", "image verified before writing: %d MiB (%s) in %.1fs" % (
+            length // MIB, fmt, self.timings["verify_first_s"]), image_bytes=length)
 
     def looks_balena(self, sector):
         try:
@@ -806,7 +864,7 @@ class Migration(object):
         elif not isinstance(e, MigosError):
             return e
         touched = self.written or getattr(self, "found", None) is not None
-        if touched and e.exit_code == 2 and not getattr(e, "journal_mismatch", False):
+        if touched and e.exit_code in (2, 3) and not getattr(e, "journal_mismatch", False):
             # an earlier run wrote to this disk (its journal is there): the old OS's root may be
             # gone, so this is never "nothing changed"; the only way is forward
             return MigrateFailed(e.problem, (e.fix + "; " if e.fix else "") +

@@ -39,6 +39,13 @@ class SourceError(UsageError):
     """The image cannot be fetched (exit 2 when raised before the first write)."""
 
 
+class SourceUnreachable(SourceError):
+    """The image server could not be reached or the download never completed: nothing was
+    written, but unlike bad input this may pass (exit 3: try again later)."""
+
+    exit_code = 3
+
+
 class FileSource(object):
     def __init__(self, path):
         self.path = path
@@ -58,8 +65,78 @@ class FileSource(object):
     def describe(self):
         return self.path
 
+    def reopen(self):
+        """A second, independent reader of the same bytes (for the verify-first pass)."""
+        return FileSource(self.path)
+
     def close(self):
         self.f.close()
+
+
+class MemorySource(object):
+    """The whole compressed image, downloaded into RAM (an anonymous mmap) before the first
+    write: after that the network no longer matters, and the bytes can be checked in full."""
+
+    def __init__(self, buf, name):
+        self.buf = buf
+        self.name = name
+        self.total = len(buf)
+        self.pos = 0
+        self.sent = 0
+
+    def read(self, n):
+        b = self.buf[self.pos:self.pos + n]
+        self.pos += len(b)
+        self.sent += len(b)
+        return b
+
+    def describe(self):
+        return self.name
+
+    def reopen(self):
+        return MemorySource(self.buf, self.name)
+
+    def close(self):
+        pass                      # the mapping is shared with reopened readers; GC frees it
+
+
+def ram_budget(meminfo="/proc/meminfo", reserve=192 << 20):
+    """Bytes of RAM an image may take when staged: MemAvailable minus ``reserve`` (the image
+    head, buffers, Python), or 0 when unknown. ``MIGOS_RAM_BUDGET_MIB`` caps it (0: never
+    stage, always stream)."""
+    budget = 0
+    try:
+        with open(meminfo) as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    budget = max(0, int(line.split()[1]) * 1024 - reserve)
+    except (OSError, ValueError, IndexError):
+        pass
+    cap = os.environ.get("MIGOS_RAM_BUDGET_MIB", "").strip()
+    return min(budget, int(cap) << 20) if cap.isdigit() else budget
+
+
+def stage_in_ram(src, progress=None):
+    """Read all of ``src`` (whose ``total`` is known) into RAM; return a MemorySource."""
+    import mmap
+    buf = mmap.mmap(-1, src.total)
+    view = memoryview(buf)
+    pos = 0
+    while pos < src.total:
+        b = src.read(min(1 << 20, src.total - pos))
+        if not b:
+            break
+        view[pos:pos + len(b)] = b
+        pos += len(b)
+        if progress is not None:
+            progress(len(b))
+    view.release()
+    if pos != src.total:
+        buf.close()
+        raise SourceUnreachable("%s: the download ended at byte %d of %d" % (
+            getattr(src, "what", "image download"), pos, src.total), "try again later")
+    src.close()
+    return MemorySource(buf, src.describe())
 
 
 def _backoff_base():
@@ -120,6 +197,11 @@ class HttpSource(object):
     def describe(self):
         return _safe_url(self.url)
 
+    def reopen(self):
+        """The same request again, from byte 0 (for the verify-first pass)."""
+        return HttpSource(self.url, self.method, self.body, self.headers, self.retries,
+                          self.timeout, self.what)
+
     def _request(self):
         headers = dict(self.headers)
         if self.pos:
@@ -142,13 +224,14 @@ class HttpSource(object):
             except HTTPError as e:
                 if e.code < 500 and e.code != 429:
                     raise _status_error(e.code, self.what, self.describe())
-                err = _status_error(e.code, self.what, self.describe())
+                status = _status_error(e.code, self.what, self.describe())
+                err = SourceUnreachable(status.problem, status.fix)
             except SourceError:
                 raise
             except (URLError, OSError, httplib.HTTPException) as e:
                 reason = getattr(e, "reason", e)
-                err = SourceError("%s: cannot reach %s (%s)" % (self.what, self.describe(), reason),
-                                  "check the URL and the network")
+                err = SourceUnreachable("%s: cannot reach %s (%s)" % (
+                    self.what, self.describe(), reason), "check the URL and the network")
             failures += 1
             if failures > self.retries:
                 raise err
@@ -200,7 +283,7 @@ class HttpSource(object):
                 return b""   # no length known: a clean end is the end
             failures += 1
             if failures > self.retries:
-                raise SourceError("%s: connection lost at byte %d and not recovered" % (
+                raise SourceUnreachable("%s: connection lost at byte %d and not recovered" % (
                     self.what, self.pos), "check the network and run the same command again")
             self.reconnects += 1
             log.event("ERROR", "%s: connection dropped at byte %d (%s); resuming" % (
