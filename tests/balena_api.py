@@ -10,7 +10,9 @@ Speaks the endpoints ``migos migrate`` uses:
 * ``GET /files/NAME`` -> a static file
 
 Downloads honour ``Range: bytes=N-`` (206 + Content-Range) and ``If-Range`` against the ETag.
-Faults: ``drop_every`` closes each response after that many body bytes; ``status`` maps a path
+Faults: ``drop_every`` closes each response after that many body bytes; ``rate`` limits each
+response body to that many bytes per second; ``cut()`` takes "the network" down (responses in
+flight are closed mid-body, new requests are closed unanswered) until ``restore()``; ``status`` maps a path
 (``/download``, ``/v6/release``, ``/files/NAME``) to a forced HTTP status; ``fail_first`` answers
 the first N requests of a path with 500.  ``sent`` counts body bytes per path.
 
@@ -24,6 +26,7 @@ import json
 import os
 import re
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from socketserver import ThreadingMixIn
 from urllib.parse import unquote, urlsplit
@@ -36,12 +39,14 @@ class _Server(ThreadingMixIn, HTTPServer):
 
 class BalenaApi(object):
     def __init__(self, releases=None, images=None, files=None, api_key=None, drop_every=None,
-                 status=None, fail_first=None):
+                 status=None, fail_first=None, rate=None):
         self.releases = dict(releases or {})
         self.images = dict(images or {})
         self.files = dict(files or {})
         self.api_key = api_key
         self.drop_every = drop_every
+        self.rate = rate
+        self.down = threading.Event()
         self.status = dict(status or {})
         self.fail_first = dict(fail_first or {})
         self.sent = {}
@@ -70,6 +75,12 @@ class BalenaApi(object):
             self.httpd.shutdown()
             self.httpd.server_close()
             self.httpd = None
+
+    def cut(self):
+        self.down.set()
+
+    def restore(self):
+        self.down.clear()
 
     def __enter__(self):
         return self.start()
@@ -102,6 +113,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _fault(self, path):
         api = self.server_api
+        if api.down.is_set():           # no network: the request is never answered
+            self.close_connection = True
+            return True
         with api.lock:
             api.requests.append((self.command, self.path, self.headers.get("Range"),
                                  self.headers.get("Authorization")))
@@ -200,9 +214,13 @@ class _Handler(BaseHTTPRequestHandler):
                     n = min(n, budget)
                     if n <= 0:
                         break  # drop the connection mid-body
+                if api.down.is_set():
+                    break  # the network went down mid-body
                 data = f.read(n)
                 if not data:
                     break
+                if api.rate:
+                    time.sleep(len(data) / float(api.rate))
                 try:
                     self.wfile.write(data)
                 except OSError:

@@ -166,10 +166,11 @@ def make_balena_image(path, device_type="raspberrypi3", size_mib=None, boot_file
 
 
 def make_old_os_disk(path, size_mib, p1_start_mib=4, p1_size_mib=64, p1_files=None, seed=2,
-                     p2_pattern_mib=4):
+                     p2_pattern_mib=4, base_files=True):
     """A Raspbian-like disk image: MBR, p1 FAT boot (with ``p1_files``), p2 Linux to the end.
 
     p2 gets a recognisable pattern in its first ``p2_pattern_mib`` MiB (no real root fs).
+    Without ``base_files`` p1 holds exactly ``p1_files`` (no stand-in MIGOS files).
     """
     rng = random.Random(seed)
     p1 = (p1_start_mib * MIB, p1_size_mib * MIB)
@@ -185,7 +186,7 @@ def make_old_os_disk(path, size_mib, p1_start_mib=4, p1_size_mib=64, p1_files=No
         "cmdline.txt": b"console=serial0,115200 migos\n",
         "boot.scr": content(rng, 4096, 1.0),
         "migos.itb": content(rng, 512 * 1024, 1.0),
-    }
+    } if base_files else {}
     files.update(p1_files or {})
     work = tempfile.mkdtemp(prefix="old-disk-", dir=os.path.dirname(os.path.abspath(path)))
     try:

@@ -14,6 +14,7 @@ busybox and modules, whose init mounts resin-boot and prints
 ``BALENA BOOTED hostname=<hostname> uuid=<uuid>`` from the injected config.json.
 """
 
+import json
 import os
 import subprocess
 
@@ -21,6 +22,7 @@ import libarchive
 from libarchive.entry import FileType
 
 from stages import initramfs, prune
+from tests.balena_image import make_old_os_disk
 from .qemu import DIST, REPO
 
 BUILD = os.path.join(REPO, "build", "debian-arm64")
@@ -76,7 +78,15 @@ def _needed_files(root, binary):
     return sorted(out)
 
 
-def balena_initrd(path):
+OLD_OS_INIT = r"""#!/bin/sh
+export PATH=/bin
+mount -t proc proc /proc
+echo "OLD OS BOOTED cmdline=$(cat /proc/cmdline)"
+poweroff -f
+"""
+
+
+def balena_initrd(path, init_text=BALENA_INIT):
     """A tiny initramfs from the built image's busybox, libc and modules (newc, gzip)."""
     root = os.path.join(BUILD, "pruned")
     mods = os.path.join(BUILD, "modules", "usr", "lib", "modules")
@@ -105,7 +115,7 @@ def balena_initrd(path):
             arc.add_file_from_memory(rel, len(data), data, permission=0o755)
         for applet in ("sh", "mount", "insmod", "sed", "echo", "poweroff", "mkdir", "sleep", "cat"):
             initramfs.add_symlink(arc, "bin/" + applet, "busybox", 0)
-        init = BALENA_INIT.encode()
+        init = init_text.encode()
         arc.add_file_from_memory("init", len(init), init, permission=0o755)
 
 
@@ -123,7 +133,9 @@ def bootable_balena_files(work):
     """resin-boot files that make the synthetic balenaOS image boot under U-Boot on virt."""
     initrd = os.path.join(work, "balena-initrd")
     balena_initrd(initrd)
-    return {"boot.scr": boot_script(BALENA_BOOT_CMD, os.path.join(work, "balena-boot.scr")),
+    return {"config.txt": b"# synthetic balenaOS: the firmware starts U-Boot\nkernel=u-boot.bin\n"
+                          b"arm_64bit=1\n",
+            "boot.scr": boot_script(BALENA_BOOT_CMD, os.path.join(work, "balena-boot.scr")),
             "Image": open(os.path.join(DIST, "vmlinuz"), "rb").read(),
             "balena-initrd": open(initrd, "rb").read()}
 
@@ -137,3 +149,128 @@ def migos_boot_files():
             full = os.path.join(d, n)
             files[os.path.relpath(full, top)] = open(full, "rb").read()
     return files
+
+
+# --- an old OS prepared by the real `migos init` ---------------------------------------------
+
+DHCP_ETH = """[connection]
+id=Wired connection 1
+uuid=2a7b4d6f-9c5d-4c3f-8a2e-1f7c2b3d4e5f
+type=ethernet
+interface-name=eth0
+
+[ethernet]
+
+[ipv4]
+method=auto
+
+[ipv6]
+method=auto
+"""
+
+
+def old_os_disk(work, image_url, config, size_mib=4000, p1_size_mib=96):
+    """An SD card image of a Raspberry Pi OS bookworm device (tests/os_fixtures.py) whose boot
+    partition was prepared by the real ``migos init`` with the built boot tarball, to migrate
+    from ``image_url``. The old OS itself boots too: kernel8.img is Debian's kernel and
+    initramfs8 a tiny init printing ``OLD OS BOOTED``. The disk is a sparse 4000 MiB file, so
+    that init's disk-size check for balenaOS passes unchanged. Returns (disk, info, original
+    boot files)."""
+    import os_fixtures as fx
+    from conftest import run_migos
+    root = fx.make_tree(os.path.join(work, "old-root"), "bookworm")
+    with open(os.path.join(root, "etc/NetworkManager/system-connections/Wired connection 1.nmconnection"),
+              "w") as f:
+        f.write(DHCP_ETH)          # qemu's user network hands out addresses by DHCP
+    boot = os.path.join(root, "boot", "firmware")
+    with open(os.path.join(boot, "kernel8.img"), "wb") as f:
+        f.write(open(os.path.join(DIST, "vmlinuz"), "rb").read())
+    balena_initrd(os.path.join(boot, "initramfs8"), OLD_OS_INIT)
+    original = tree_files(boot)
+    cfg = os.path.join(work, "config.json")
+    with open(cfg, "w") as f:
+        json.dump(config, f)
+    disk = os.path.join(work, "sd.img")
+    kw = dict(size_mib=size_mib, p1_start_mib=4, p1_size_mib=p1_size_mib, base_files=False)
+    make_old_os_disk(disk, p1_files=original, **kw)
+    tarball = os.path.join(DIST, "migos-boot-debian-arm64.tar.gz")
+    r = run_migos("init", "--root", root, "-c", cfg, "-i", image_url, "--migos-tarball", tarball,
+                  "--disk", disk, "--no-api-check", "--no-vpn-check", "--log-level", "warn")
+    assert r.returncode == 0, r.stderr[-3000:]
+    info = make_old_os_disk(disk, p1_files=tree_files(boot), **kw)
+    return disk, info, original
+
+
+def tree_files(top):
+    files = {}
+    for d, _, names in os.walk(top):
+        for n in names:
+            full = os.path.join(d, n)
+            files[os.path.relpath(full, top)] = open(full, "rb").read()
+    return files
+
+
+# --- the firmware: what the Pi's boot ROM + start.elf would start -------------------------
+
+def read_boot_file(disk, name):
+    """A file of the disk's first FAT partition (mtools), or None."""
+    from migos.runtime import bootdisk
+    with open(disk, "rb") as f:
+        part = bootdisk.first_fat_partition(f.read(512))
+    if part is None:
+        return None
+    r = subprocess.run(["mtype", "-i", "%s@@%d" % (disk, part[0]), "::" + name],
+                       capture_output=True, env=dict(os.environ, MTOOLS_SKIP_CHECK="1"))
+    return r.stdout if r.returncode == 0 else None
+
+
+def firmware_settings(text):
+    """The [all]/unconditional settings of a config.txt (conditional sections such as [pi4]
+    are skipped: the emulated board matches none of them)."""
+    out, active = {}, True
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            active = line == "[all]"
+            continue
+        if not active:
+            continue
+        if line.startswith("initramfs "):
+            out["initramfs"] = line.split()[1]
+        elif "=" in line:
+            k, v = line.split("=", 1)
+            out[k.strip()] = v.strip()
+    return out
+
+
+def firmware_argv(disk, work, forward=None, extra=()):
+    """qemu argv for what the Pi firmware would boot from ``disk``: config.txt's kernel (with
+    os_prefix, the initramfs it names or auto_initramfs's, and cmdline.txt). A ``kernel`` of
+    u-boot.bin (MIGOS and balenaOS) is played by Debian's U-Boot for virt, which then runs
+    the partition's boot.scr; any other kernel is booted directly."""
+    from .qemu import UBOOT_QEMU, qemu_virt
+    text = read_boot_file(disk, "config.txt")
+    assert text is not None, "no config.txt on the first FAT partition: the firmware would not boot"
+    conf = firmware_settings(text.decode("utf-8", "replace"))
+    prefix = conf.get("os_prefix", "")
+    kernel = conf.get("kernel", "kernel8.img" if conf.get("arm_64bit") == "1" else "kernel7.img")
+    if kernel.endswith("u-boot.bin"):
+        return qemu_virt(bios=UBOOT_QEMU, disk=disk, forward=forward, extra=extra)
+    initrd = conf.get("initramfs")
+    if initrd is None and conf.get("auto_initramfs") == "1":
+        initrd = kernel.replace("kernel", "initramfs").replace(".img", "")
+    cmdline = (read_boot_file(disk, prefix + conf.get("cmdline", "cmdline.txt")) or b"").decode()
+    paths = {}
+    for key, name in (("kernel", kernel), ("initrd", initrd)):
+        if name:
+            data = read_boot_file(disk, prefix + name)
+            assert data is not None, "config.txt names %s, which is not on the boot partition" % name
+            paths[key] = os.path.join(work, "fw-" + key)
+            with open(paths[key], "wb") as f:
+                f.write(data)
+    # the firmware resolves serial0 to the board's UART; on virt that is ttyAMA0
+    append = cmdline.strip().replace("serial0", "ttyAMA0")
+    return qemu_virt(kernel=paths["kernel"], initrd=paths.get("initrd"), append=append, disk=disk,
+                     forward=forward, extra=extra)

@@ -1,77 +1,230 @@
-"""A whole migration of an emulated device: MIGOS boots from the old boot partition, migrates
-the disk from a balenaOS image served by a test server on 127.0.0.1, reboots, and the next
-boot runs the (synthetic) balenaOS with the injected config.json.
+"""Whole migrations of an emulated device, from power-on in the old OS's boot partition to the
+(synthetic) balenaOS printing its config, and what happens when things go wrong on the way.
 
-See emulated_pi.py for the machine (qemu virt + U-Boot as firmware, and why).
-Stand-in, said plainly: the old boot partition is filled with the built artefacts and the
-settings files `migos init` writes, not by running `migos init` itself (that needs the
-old OS's live tree; stage 1's own tests cover it).
+The machine and why it is qemu virt: emulated_pi.py. Every boot goes through
+``emulated_pi.firmware_argv``, which reads config.txt from the disk's first FAT partition as
+the Pi firmware would. The old boot partition is prepared by the real ``migos init`` with the
+built boot tarball (``emulated_pi.old_os_disk``), and the old OS itself boots (a tiny init
+printing ``OLD OS BOOTED``), so "back in the old OS" is a real boot, not a file comparison.
+
+Faults and how they are made (all real, no mocks):
+* corrupt image: the served .zst has bytes flipped near its end;
+* network cut: the test's HTTP server drops the download mid-body and answers nothing for a
+  while (``BalenaApi.cut``): to the guest the server is gone, as with a cable pulled upstream;
+* hang: ``migos.fault=hang:WRITE`` on the kernel command line (``migos/cmdline.env``) makes the
+  state machine stop making progress; qemu's i6300esb watchdog, fed by the runtime only on
+  progress, resets the machine (qemu exits: -no-reboot).
 """
 
 import json
 import os
 import re
 import secrets
+import subprocess
 import time
 import uuid
 
 import pytest
 
 from tests.balena_api import BalenaApi
-from tests.balena_image import compress, make_balena_image, make_old_os_disk
+from tests.balena_image import compress, make_balena_image, region_sha
 
 from . import emulated_pi as pi
-from .qemu import UBOOT_QEMU, Machine, qemu_virt, require_dist
+from .qemu import Machine, require_dist
 
 pytestmark = pytest.mark.system
 
-
-def prepare(work, hostname):
-    """A bootable synthetic balenaOS image (zstd) and an old-OS disk with MIGOS installed that
-    migrates to it from the test server (seen from the guest at GUEST_SERVER). Returns (disk, image, config)."""
-    image = os.path.join(work, "balena.img")
-    make_balena_image(image, "raspberrypi3-64", boot_files=pi.bootable_balena_files(work),
-                      boot_mib=48, root_mib=16, state_mib=8, data_mib=8, kernel_mib=0.0625,
-                      fill=0.3, random_fraction=0.3)
-    packed = compress(image, "zst")
-    config = {"deviceType": "raspberrypi3-64", "applicationId": 1234, "uuid": uuid.uuid4().hex,
-              "apiEndpoint": "http://%s:%d" % (pi.GUEST_SERVER, pi.GUEST_PORT),
-              "apiKey": secrets.token_hex(16)}
-    settings = {"format": 1, "image": {"source": "url", "url": "http://%s:%d/files/balena.img.zst"
-                                       % (pi.GUEST_SERVER, pi.GUEST_PORT)},
-                "hostname": hostname, "log": {"log_level": "info"}}
-    p1 = pi.migos_boot_files()
-    p1["migos/migrate.json"] = json.dumps(settings).encode()
-    p1["migos/config.json"] = json.dumps(config).encode()
-    disk = os.path.join(work, "sd.img")
-    make_old_os_disk(disk, size_mib=320, p1_start_mib=4, p1_size_mib=96, p1_files=p1)
-    return disk, packed, config
+DEVICE_TYPE = "raspberrypi4-64"      # the bookworm fixture is a Pi 4
+OLD_HOSTNAME = "bookworm-pi"
+WIFI_SECRET = "bookworm-nm-psk"      # in the old OS's NetworkManager keyfile
+WATCHDOG = ("-device", "i6300esb")   # a hardware watchdog, as bcm2835_wdt is on the Pi
 
 
-def test_whole_migration_boots_balena(tmp_path):
+class Rig(object):
+    """One emulated device: an old-OS disk prepared by `migos init`, a synthetic balenaOS image
+    (zstd) served by a local BalenaApi, and boots through the firmware logic."""
+
+    def __init__(self, work, corrupt=False, api_kw=None):
+        self.work = work
+        image = os.path.join(work, "balena.img")
+        make_balena_image(image, DEVICE_TYPE, boot_files=pi.bootable_balena_files(work),
+                          boot_mib=48, root_mib=16, state_mib=8, data_mib=8, kernel_mib=0.0625,
+                          fill=0.3, random_fraction=0.3)
+        self.packed = compress(image, "zst")
+        if corrupt:
+            with open(self.packed, "r+b") as f:
+                at = int(os.fstat(f.fileno()).st_size * 0.85)
+                f.seek(at)
+                damaged = bytes(b ^ 0x5A for b in f.read(64))
+                f.seek(at)
+                f.write(damaged)
+        self.config = {"deviceType": DEVICE_TYPE, "applicationId": 1234, "uuid": uuid.uuid4().hex,
+                       "apiEndpoint": "http://%s:%d" % (pi.GUEST_SERVER, pi.GUEST_PORT),
+                       "apiKey": secrets.token_hex(16)}
+        url = "http://%s:%d/files/balena.img.zst" % (pi.GUEST_SERVER, pi.GUEST_PORT)
+        self.disk, self.info, self.original = pi.old_os_disk(work, url, self.config)
+        self.api = BalenaApi(files={"balena.img.zst": self.packed}, **(api_kw or {})).start()
+        self.port = int(self.api.url.rsplit(":", 1)[1])
+        self.boots = 0
+
+    def boot(self, name=None):
+        self.boots += 1
+        argv = pi.firmware_argv(self.disk, self.work, forward=(pi.GUEST_SERVER, pi.GUEST_PORT, self.port),
+                                extra=WATCHDOG)
+        return Machine(argv, os.path.join(self.work, "%s.log" % (name or "boot%d" % self.boots)))
+
+    def old_p2_sha(self):
+        return region_sha(self.disk, *self.info["p2"])
+
+    def old_p1_file(self, name):
+        """A file of the old boot FAT, wherever the MBR points now (mtools at its offset)."""
+        r = subprocess.run(["mtype", "-i", "%s@@%d" % (self.disk, self.info["p1"][0]), "::" + name],
+                           capture_output=True, env=dict(os.environ, MTOOLS_SKIP_CHECK="1"))
+        return r.stdout if r.returncode == 0 else None
+
+    def close(self):
+        self.api.stop()
+
+
+@pytest.fixture
+def rig(tmp_path):
     require_dist()
-    work = str(tmp_path)
-    disk, packed, config = prepare(work, "pi-fleet-7")
-    device_uuid = config["uuid"]
-    with BalenaApi(files={"balena.img.zst": packed}) as api:
-        port = int(api.url.rsplit(":", 1)[1])
-        argv = qemu_virt(bios=UBOOT_QEMU, disk=disk, forward=(pi.GUEST_SERVER, pi.GUEST_PORT, port))
-        first = Machine(argv, os.path.join(work, "boot1.log"))
-        try:
-            first.expect(r"^MIGOS \S+ ready$", timeout=180)
-            first.expect(r'"state": "SUCCESS"', timeout=600)
-            assert first.wait_exit(120) == 0
-        finally:
-            first.kill()
-        assert not any(config["apiKey"] in l for l in first.lines), "the API key reached the console"
-    second = Machine(argv, os.path.join(work, "boot2.log"))
+    made = []
+
+    def make(**kw):
+        r = Rig(str(tmp_path), **kw)
+        made.append(r)
+        return r
+    yield make
+    for r in made:
+        r.close()
+
+
+def migrate_to_success(m):
+    m.expect(r"^MIGOS \S+ ready$", timeout=180)
+    m.expect(r'"state": "SUCCESS"', timeout=600)
+    assert m.wait_exit(120) == 0
+
+
+def expect_balena(r, name="balena"):
+    m = r.boot(name)
     try:
-        m = second.expect(r"BALENA BOOTED hostname=(\S*) uuid=(\S*)", timeout=180)
-        assert m.group(1) == "pi-fleet-7"
-        assert m.group(2) == device_uuid
-        assert not any(re.match(r"^MIGOS \S+ ready$", l) for l in second.lines)
+        got = m.expect(r"BALENA BOOTED hostname=(\S*) uuid=(\S*)|^MIGOS \S+ ready$", timeout=180)
+        assert got.group(1) is not None, "MIGOS booted again instead of balenaOS"
+        assert (got.group(1), got.group(2)) == (OLD_HOSTNAME, r.config["uuid"])
     finally:
-        second.kill()
+        m.kill()
+
+
+def test_whole_migration_boots_balena(rig):
+    r = rig()
+    m = r.boot()
+    try:
+        migrate_to_success(m)
+    finally:
+        m.kill()
+    console = "\n".join(m.lines)
+    assert r.config["apiKey"] not in console, "the API key reached the console"
+    assert WIFI_SECRET not in console, "the wifi passphrase reached the console"
+    assert "hardware watchdog armed" in console
+    assert '"staged": true' in console and "image verified before writing" in console
+    # the full stage-2 log, kept in RAM, was written to the old boot FAT at the end
+    log = r.old_p1_file("migos-stage2.log")
+    assert log is not None, "no stage-2 log on the old boot partition"
+    events = [json.loads(l) for l in log.decode().splitlines() if l.startswith("{")]
+    assert any(e.get("state_name") == "SWITCH" for e in events)
+    assert any(e["state"] == "SUCCESS" for e in events)
+    assert r.config["apiKey"].encode() not in log and WIFI_SECRET.encode() not in log
+    expect_balena(r)
+
+
+def test_corrupt_image_gives_the_old_os_back(rig):
+    """A corrupt image is found by the verify-first pass before anything is written: MIGOS runs
+    restore-boot and reboots, the firmware boots the old OS, and its root partition and boot
+    configuration are exactly what they were before `migos init`."""
+    r = rig(corrupt=True)
+    p2 = r.old_p2_sha()
+    m = r.boot()
+    try:
+        m.expect(r"^MIGOS \S+ ready$", timeout=180)
+        m.expect(r"the image is corrupt", timeout=300)
+        m.expect(r"old boot configuration restored; rebooting into the old OS", timeout=120)
+        assert m.wait_exit(120) == 0
+    finally:
+        m.kill()
+    assert not any("state WRITE" in l for l in m.lines), "a corrupt image reached WRITE"
+    assert r.old_p2_sha() == p2, "the old OS's root partition was changed"
+    assert r.old_p1_file("config.txt") == r.original["config.txt"]
+    log = r.old_p1_file("migos-stage2.log") or b""
+    assert b"the image is corrupt" in log, "the stage-2 log was not kept for the old OS"
+    old = r.boot("old-os")
+    try:
+        got = old.expect(r"OLD OS BOOTED|^MIGOS \S+ ready$", timeout=180)
+        assert "OLD OS" in got.group(0), "MIGOS booted again instead of the old OS"
+    finally:
+        old.kill()
+
+
+def test_network_cut_during_the_download_resumes(rig):
+    """The image server vanishes for 15 s in the middle of the download (throttled so that
+    the middle exists): migrate resumes with Range where the stream stopped, and the device
+    ends in balenaOS."""
+    r = rig(api_kw={"rate": 1 << 20})
+    size = os.path.getsize(r.packed)
+    m = r.boot()
+    try:
+        m.expect(r"^MIGOS \S+ ready$", timeout=180)
+        deadline = time.monotonic() + 300
+        while r.api.total_sent("/files/balena.img.zst") < size * 0.4:
+            assert time.monotonic() < deadline, "the download never got going"
+            assert m.proc.poll() is None, "\n".join(m.lines[-20:])
+            time.sleep(0.2)
+        r.api.cut()
+        cut_at = r.api.total_sent("/files/balena.img.zst")
+        time.sleep(15)
+        r.api.restore()
+        m.expect(r'"state": "SUCCESS"', timeout=600)
+        assert m.wait_exit(120) == 0
+    finally:
+        m.kill()
+    assert cut_at < size, "the cut came after the download had finished"
+    ranges = [q[2] for q in r.api.requests if q[1].endswith("balena.img.zst") and q[2]]
+    assert ranges, "the download was not resumed with Range"
+    assert any("connection dropped" in l or "cannot reach" in l for l in m.lines)
+    expect_balena(r)
+
+
+def test_hang_is_reset_by_the_watchdog_and_resumes(rig):
+    """The state machine hangs in WRITE (fault injection); the hardware watchdog, no longer
+    fed, resets the machine; the next boot resumes the migration to balenaOS."""
+    r = rig()
+    env = os.path.join(r.work, "cmdline.env")
+    with open(env, "w") as f:
+        f.write("migos_extra=migos.fault=hang:WRITE migos.stall=20\n")
+    img = "%s@@%d" % (r.disk, r.info["p1"][0])
+    tools_env = dict(os.environ, MTOOLS_SKIP_CHECK="1")
+    subprocess.run(["mcopy", "-o", "-i", img, env, "::migos/cmdline.env"], check=True, env=tools_env)
+    m = r.boot()
+    try:
+        m.expect(r"^MIGOS \S+ ready$", timeout=180)
+        m.expect(r"hardware watchdog armed", timeout=60)
+        m.expect(r"fault injection: hanging in state WRITE", timeout=300)
+        m.expect(r"no progress for 20s", timeout=120)
+        t = time.monotonic()
+        assert m.wait_exit(120) == 0           # the watchdog's reset ends qemu (-no-reboot)
+        reset_after = time.monotonic() - t
+    finally:
+        m.kill()
+    assert not any("rebooting" in l for l in m.lines), "the runtime rebooted, not the watchdog"
+    subprocess.run(["mdel", "-i", img, "::migos/cmdline.env"], check=True, env=tools_env)
+    m = r.boot("resume")
+    try:
+        migrate_to_success(m)
+    finally:
+        m.kill()
+    assert any('"decision": "resume"' in l for l in m.lines), "the second boot did not resume"
+    expect_balena(r)
+    assert reset_after < 120
 
 
 # Kill points in the order a migration reaches them: (console line that arms the cut, extra delay
@@ -103,52 +256,44 @@ def kill_points(n):
     return [KILL_POINTS[i] for i in picked]
 
 
-def test_power_cuts_during_a_migration_always_end_in_balena(tmp_path):
-    """A chain of power cuts across one migration (MIGOS_POWERCUTS of them, spread over every state,
-    the config injection and the MBR switch included); the device ends in balenaOS with the right
-    config.json, and every boot in between was MIGOS (never a half-written disk). The suite runs 8
-    (time budget); MIGOS_POWERCUTS=20 runs the whole list (about 8 minutes)."""
-    require_dist()
-    cuts = int(os.environ.get("MIGOS_POWERCUTS", "8"))
-    disk, packed, config = prepare(str(tmp_path), "pi-cut")
-    work, device_uuid = str(tmp_path), config["uuid"]
+def test_power_cuts_during_a_migration_always_end_in_balena(rig):
+    """A chain of power cuts across one migration (MIGOS_POWERCUTS of them, default all 20,
+    spread over every state, the config injection and the MBR switch included); the device
+    ends in balenaOS with the right config.json, and every boot in between was MIGOS (never
+    a half-written disk, never the old OS once a run had written)."""
+    cuts = int(os.environ.get("MIGOS_POWERCUTS", str(len(KILL_POINTS))))
+    r = rig()
     outcomes = []
-    with BalenaApi(files={"balena.img.zst": packed}) as api:
-        port = int(api.url.rsplit(":", 1)[1])
-        argv = qemu_virt(bios=UBOOT_QEMU, disk=disk, forward=(pi.GUEST_SERVER, pi.GUEST_PORT, port))
-        switched = False
-        for i, (arm, delay) in enumerate(kill_points(cuts)):
-            m = Machine(argv, os.path.join(work, "cut%02d.log" % i))
-            try:
-                first = m.expect(r"^MIGOS \S+ ready$|BALENA BOOTED", timeout=180)
-                if "BALENA" in first.group(0):
-                    # only a cut at or after the MBR switch may leave balenaOS in place
-                    assert switched, "balenaOS booted before any cut reached the switch: %s" % outcomes
-                    outcomes.append((arm, "already balena"))
-                    continue
-                # cut at the armed state, or at the first later one when a resumed run skips it
-                later = STATE_ORDER[STATE_ORDER.index(arm):]
-                hit = first if re.search(arm, first.group(0)) else m.expect("|".join(later), timeout=180)
-                if re.search(arm, hit.group(0)):
-                    time.sleep(delay)
-                    outcomes.append((arm, "cut"))
-                else:
-                    outcomes.append((arm, "cut at " + hit.group(0)))
-            finally:
-                m.kill()                           # the power cut
-                switched = switched or any("state SWITCH" in l or '"SUCCESS"' in l for l in m.lines)
-        final = Machine(argv, os.path.join(work, "final.log"))
+    switched = False
+    for i, (arm, delay) in enumerate(kill_points(cuts)):
+        m = r.boot("cut%02d" % i)
         try:
-            first = final.expect(r"^MIGOS \S+ ready$|BALENA BOOTED", timeout=180)
-            if "BALENA" not in first.group(0):
-                final.expect(r'"state": "SUCCESS"', timeout=600)
-                assert final.wait_exit(120) == 0
+            first = m.expect(r"^MIGOS \S+ ready$|BALENA BOOTED|OLD OS BOOTED", timeout=180)
+            assert "OLD OS" not in first.group(0), "the old OS booted during a migration: %s" % outcomes
+            if "BALENA" in first.group(0):
+                # only a cut at or after the MBR switch may leave balenaOS in place
+                assert switched, "balenaOS booted before any cut reached the switch: %s" % outcomes
+                outcomes.append((arm, "already balena"))
+                continue
+            # cut at the armed state, or at the first later one when a resumed run skips it
+            later = STATE_ORDER[STATE_ORDER.index(arm):]
+            hit = first if re.search(arm, first.group(0)) else m.expect("|".join(later), timeout=300)
+            if re.search(arm, hit.group(0)):
+                time.sleep(delay)
+                outcomes.append((arm, "cut"))
+            else:
+                outcomes.append((arm, "cut at " + hit.group(0)))
         finally:
-            final.kill()
-    balena = Machine(argv, os.path.join(work, "balena.log"))
+            m.kill()                           # the power cut
+            switched = switched or any("state SWITCH" in l or '"SUCCESS"' in l for l in m.lines)
+    final = r.boot("final")
     try:
-        m = balena.expect(r"BALENA BOOTED hostname=(\S*) uuid=(\S*)", timeout=180)
-        assert (m.group(1), m.group(2)) == ("pi-cut", device_uuid), outcomes
+        first = final.expect(r"^MIGOS \S+ ready$|BALENA BOOTED", timeout=180)
+        if "BALENA" not in first.group(0):
+            final.expect(r'"state": "SUCCESS"', timeout=600)
+            assert final.wait_exit(120) == 0
     finally:
-        balena.kill()
+        final.kill()
+    expect_balena(r)
     assert sum(1 for _, o in outcomes if o.startswith("cut")) >= len(outcomes) - 2, outcomes
+    print("power cuts: %d boots, outcomes %s" % (r.boots, outcomes))

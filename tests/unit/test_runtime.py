@@ -10,11 +10,38 @@ from migos.runtime import bootdisk, plan
 from migos.runtime.watchdog import Watchdog
 
 
-def test_exit_codes_mean_done_give_back_or_retry():
+def test_exit_codes_mean_done_give_back_wait_or_retry():
     assert plan.outcome(0) == plan.DONE
     assert plan.outcome(2) == plan.GIVE_BACK       # bad input, nothing written: old OS back
-    for rc in (1, 3, 137, -9):
+    assert plan.outcome(3) == plan.WAIT            # source unreachable, nothing written
+    for rc in (1, 137, -9):
         assert plan.outcome(rc) == plan.RETRY      # maybe written: only forward
+
+
+def test_next_step_only_forward_once_touched_and_patience_for_the_network():
+    # an untouched disk: bad input gives back at once, an unreachable source after patience
+    assert plan.next_step(plan.GIVE_BACK, False, 0, 1800) == plan.GIVE_BACK
+    assert plan.next_step(plan.WAIT, False, 0, 1800) == plan.WAIT
+    assert plan.next_step(plan.WAIT, False, 1799, 1800) == plan.WAIT
+    assert plan.next_step(plan.WAIT, False, 1800, 1800) == plan.GIVE_BACK
+    assert plan.next_step(plan.RETRY, False, 0, 1800) == plan.RETRY
+    # a disk a migration wrote to: never back, whatever migrate said
+    for what in (plan.GIVE_BACK, plan.WAIT, plan.RETRY):
+        assert plan.next_step(what, True, 99999, 1800) == plan.RETRY
+    assert plan.next_step(plan.DONE, True, 0, 1800) == plan.DONE
+
+
+def test_kernel_command_line_options():
+    opts = plan.cmdline_options("console=ttyAMA0 migos.stall=30 migos.fault=hang:WRITE "
+                                "migos.patience=x migos.noop quiet")
+    assert opts == {"stall": 30, "fault": "hang:WRITE"}
+    assert plan.cmdline_options("root=/dev/sda migos.patience=600") == {"patience": 600}
+
+
+def test_migrate_logs_at_least_info_inside_migos():
+    # progress events feed the watchdog: a quieter level would starve it
+    assert [plan.pipe_level(l) for l in ("debug", "info", "warn", "error", None, "bogus")] == \
+        ["debug", "info", "info", "info", "info", "info"]
 
 
 def test_backoff_doubles_and_caps():
@@ -34,6 +61,8 @@ def test_migrate_argv_per_source():
     assert url == ["migrate", "--device", "/dev/mmcblk0", "-c", "/run/migos/config.json", "--image",
                    "http://x/i.img.gz", "--nwmgr-cfg", "/run/migos/s/a.nmconnection", "--hostname", "pi-7",
                    "--log-level", "debug"]
+    assert plan.migrate_argv("/dev/vda", {"image": {"source": "url", "url": "u"},
+                                          "log": {"log_level": "warn"}}, files)[-2:] == ["--log-level", "info"]
     api = plan.migrate_argv("/dev/vda", {"image": {"source": "api", "version": "2.50.1+rev1"}}, files)
     assert api[api.index("--version") + 1] == "2.50.1+rev1"
     with pytest.raises(ValueError, match="no image source"):
@@ -104,3 +133,27 @@ def test_watchdog_stops_feeding_after_a_stall(tmp_path):
     assert not wd.stalled()
     now[0] = 121
     assert wd.stalled()
+
+
+def test_full_log_kept_on_the_old_boot_fat_without_mounting(tmp_path):
+    """save_to_old_boot writes the RAM log into the FAT at a byte offset of a disk (mtools),
+    replacing an older copy; the FAT stays consistent (fsck.fat)."""
+    from migos.runtime import logsinks
+    disk = str(tmp_path / "disk.img")
+    with open(disk, "wb") as f:
+        f.truncate(40 << 20)
+    offset = 4 << 20
+    subprocess.run(["mkfs.vfat", "--offset=%d" % (offset // 512), disk, str(32 * 1024)],
+                   check=True, capture_output=True)
+    for lines in (["old"], ['{"state": "SUCCESS", "msg": "line %d"}' % i for i in range(3000)]):
+        assert logsinks.save_to_old_boot(disk, offset, lines)
+    out = subprocess.run(["mtype", "-i", "%s@@%d" % (disk, offset), "::" + logsinks.LOG_NAME],
+                         check=True, capture_output=True, text=True).stdout
+    assert out.splitlines()[0] == '{"state": "SUCCESS", "msg": "line 0"}' and len(out.splitlines()) == 3000
+    part = str(tmp_path / "p1.img")
+    with open(disk, "rb") as f, open(part, "wb") as g:
+        f.seek(offset)
+        g.write(f.read())
+    assert subprocess.run(["fsck.fat", "-n", part], capture_output=True).returncode == 0
+    # a disk without a FAT there: a logged error, not an exception
+    assert logsinks.save_to_old_boot(disk, 1 << 20, ["x"]) is False

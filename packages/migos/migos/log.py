@@ -133,6 +133,26 @@ class Logger:
                     pass
         return ev
 
+    def raw(self, line):
+        """One already formatted line (an event of a child process): to the console, the
+        files and the memory, never to the HTTP sink (the child ships its own)."""
+        line = line.rstrip("\n")
+        with _lock:
+            if len(self.memory) < self.memory_limit:
+                self.memory.append(line)
+            if self.console is not None:
+                self.console.write(line + "\n")
+                self.console.flush()
+            for f in self.files:
+                f.write(line + "\n")
+
+    def add_file(self, f, backlog=True):
+        """Add an open text file as a sink; with ``backlog`` the events so far go first."""
+        with _lock:
+            if backlog:
+                f.write("".join(l + "\n" for l in self.memory))
+            self.files.append(f)
+
 
 LOG = Logger()
 

@@ -4,6 +4,7 @@ Every command is logged (state CMDLOG) with its exit code; a failure raises
 :class:`CommandFailed` naming the program and the first line of its error output.
 """
 
+import os
 import shutil
 import subprocess
 
@@ -19,12 +20,14 @@ def which(program):
     return shutil.which(program)
 
 
-def run(argv, check=True, input=None, timeout=None, capture=True):
-    """Run ``argv``; return ``CompletedProcess`` with text stdout/stderr."""
+def run(argv, check=True, input=None, timeout=None, capture=True, env=None):
+    """Run ``argv``; return ``CompletedProcess`` with text stdout/stderr. ``env``: variables
+    added to the environment."""
     argv = [str(a) for a in argv]
     log.LOG.event("CMDLOG", "run: " + " ".join(argv), level="debug", depth=2)
     try:
         proc = subprocess.run(argv, input=input, timeout=timeout, universal_newlines=True,
+                              env=dict(os.environ, **env) if env else None,
                               stdout=subprocess.PIPE if capture else None,
                               stderr=subprocess.PIPE if capture else None)
     except FileNotFoundError:

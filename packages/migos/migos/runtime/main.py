@@ -7,7 +7,7 @@ import sys
 import time
 
 from .. import log
-from . import bootdisk, network, plan
+from . import bootdisk, logsinks, network, plan
 from .watchdog import Watchdog
 
 RUN = "/run/migos"
@@ -41,16 +41,15 @@ def needs_network(settings):
     return (settings.get("image") or {}).get("source") in ("url", "api")
 
 
-def run_migrate(argv, watchdog):
-    """Run ``migos migrate``; forward its events to the console and feed the watchdog on each."""
+def run_migrate(argv, watchdog, env=None):
+    """Run ``migos migrate``; forward its events to every sink and feed the watchdog on each."""
     cmd = [sys.executable, "-m", "migos"] + argv
     log.event("INI", "running: migos %s" % " ".join(argv))
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True,
+                            env=env)
     for line in proc.stdout:
         watchdog.progress()
-        sys.stderr.write(line)
-        sys.stderr.flush()
-        log.LOG.memory.append(line.rstrip("\n"))
+        log.LOG.raw(line)
     return proc.wait()
 
 
@@ -92,9 +91,27 @@ def reboot(watchdog):
     time.sleep(30)
 
 
+def kernel_options(path="/proc/cmdline"):
+    try:
+        with open(path) as f:
+            return plan.cmdline_options(f.read())
+    except OSError:
+        return {}
+
+
+def keep_full_log(device, old_boot_offset, settings, switched):
+    """At the end: the whole log (kept in RAM) where it survives the reboot."""
+    logset = settings.get("log") or {}
+    logsinks.save_to_old_boot(device, old_boot_offset)
+    if switched and logset.get("fallback_log"):
+        logsinks.save_to_data(partition_device(device, 6), logset.get("fallback_log_dir"),
+                              logset.get("fallback_log_filename"))
+
+
 def main():
     log.LOG.configure(script="runtime")
     log.event("INI", "MIGOS runtime started")
+    opts = kernel_options()
     disk = bootdisk.find()
     if disk is None:
         log.event("FAIL", "no disk holds migos/migrate.json: nothing to migrate; rebooting in 60 s")
@@ -102,42 +119,66 @@ def main():
         subprocess.call(["reboot", "-f"])
         return 1
     settings, files, keyfiles = read_settings(disk)
-    device = disk.device
+    device, old_boot = disk.device, disk.offset
     disk.close()
     log.event("OK", "boot disk %s, image source %s" % (device, (settings.get("image") or {}).get("source")))
-    watchdog = Watchdog()
+    logdev = None
+    if (settings.get("log") or {}).get("log_to"):
+        logdev = logsinks.LogDevice(settings["log"]["log_to"])
+        if not logdev.open():
+            logdev = None
+    watchdog = Watchdog(stall=opts.get("stall", plan.STALL))
     watchdog.arm()
     if needs_network(settings):
         network.up(keyfiles)
     argv = plan.migrate_argv(device, settings, files)
-    attempt = 0
-    forward_only = disk_touched(device)      # resumed after a reset: the point of no return is behind us
+    env = dict(os.environ)
+    if opts.get("fault"):
+        env["MIGOS_FAULT"] = opts["fault"]
+        log.event("ERROR", "fault injection requested on the kernel command line: %s" % opts["fault"])
+    patience = opts.get("patience", settings.get("network_patience_s") or plan.PATIENCE)
+    attempt, unreachable_since = 0, None
+    touched = disk_touched(device)      # resumed after a reset: the point of no return is behind us
+
+    def finish(switched, rc):
+        keep_full_log(device, old_boot, settings, switched)
+        if logdev is not None:
+            logdev.close()
+        reboot(watchdog)
+        return rc
+
     while True:
         watchdog.progress()
-        rc = run_migrate(argv, watchdog)
+        rc = run_migrate(argv, watchdog, env)
         what = plan.outcome(rc)
-        if what == plan.DONE:
+        touched = touched or (what != plan.DONE and disk_touched(device))
+        if what == plan.WAIT and unreachable_since is None:
+            unreachable_since = time.monotonic()
+        waited = time.monotonic() - unreachable_since if unreachable_since is not None else 0
+        step = plan.next_step(what, touched, waited, patience)
+        if step == plan.DONE:
             log.event("SUCCESS", "migration complete; rebooting into balenaOS")
-            reboot(watchdog)
-            return 0
-        if what == plan.GIVE_BACK and (forward_only or disk_touched(device)):
-            what = plan.RETRY
+            return finish(True, 0)
+        if step == plan.RETRY and what == plan.GIVE_BACK:
             log.event("ERROR", "migrate refused to start, but this disk was already written: only "
                       "forward from here, retrying")
-        if what == plan.GIVE_BACK:
-            log.event("FAIL", "migration refused before writing anything; giving the old OS back")
+        if step == plan.GIVE_BACK:
+            log.event("FAIL", "migration refused before writing anything (%s); giving the old OS back"
+                      % ("image source unreachable for %ds" % waited if what == plan.WAIT else "exit %d" % rc))
             if restore_boot(device):
                 log.event("END", "old boot configuration restored; rebooting into the old OS")
-                reboot(watchdog)
-                return 2
+                return finish(False, 2)
             log.event("ERROR", "restore-boot failed; retrying in 60 s")
             time.sleep(60)
             continue
-        forward_only = True
         attempt += 1
         wait = plan.backoff(attempt)
-        log.event("ERROR", "migration stopped (exit %d) after writing; resuming in %d s (attempt %d)"
-                  % (rc, wait, attempt))
+        if step == plan.WAIT:
+            log.event("ERROR", "image source unreachable, nothing written; trying again in %d s "
+                      "(gives the old OS back after %d s)" % (wait, patience))
+        else:
+            log.event("ERROR", "migration stopped (exit %d) after writing; resuming in %d s (attempt %d)"
+                      % (rc, wait, attempt))
         for _ in range(wait):
             watchdog.progress()
             time.sleep(1)

@@ -4,8 +4,13 @@ import re
 
 WIRED = re.compile(r"^(eth|end|enx|usb)\w*$")
 
-# migrate's exit codes (stage 2): 0 done, 2 bad input with nothing written, else resumable
-DONE, RETRY, GIVE_BACK = "done", "retry", "give-back"
+# migrate's exit codes (stage 2): 0 done, 2 bad input with nothing written, 3 image source
+# unreachable with nothing written, else resumable
+DONE, RETRY, GIVE_BACK, WAIT = "done", "retry", "give-back", "wait"
+LEVELS = ("debug", "info", "warn", "error")
+
+PATIENCE = 1800           # seconds an unreachable image source is retried before giving back
+STALL = 180               # seconds without a migration event before the watchdog resets
 
 
 def outcome(exit_code):
@@ -14,7 +19,48 @@ def outcome(exit_code):
         return DONE
     if exit_code == 2:
         return GIVE_BACK          # nothing was written: restore-boot, back to the old OS
+    if exit_code == 3:
+        return WAIT               # nothing was written, the source may come back: try again
     return RETRY                  # something may be written: only forward, resume
+
+
+def next_step(what, touched, waited, patience):
+    """The runtime's move after migrate ended with ``outcome`` ``what``.
+
+    ``touched``: a migration already wrote to the disk (then only forward: RETRY, whatever
+    migrate said); ``waited``: seconds since the source first proved unreachable."""
+    if what == DONE:
+        return DONE
+    if touched:
+        return RETRY
+    if what == WAIT:
+        return GIVE_BACK if waited >= patience else WAIT
+    return what
+
+
+def cmdline_options(text):
+    """MIGOS options from the kernel command line (``migos.KEY=VALUE``; bare ``migos.KEY`` is
+    "1"). ``stall`` (watchdog, seconds), ``patience`` (seconds), ``fault`` (test fault
+    injection, passed to migrate as MIGOS_FAULT)."""
+    opts = {}
+    for word in text.split():
+        if word.startswith("migos."):
+            key, _, value = word[len("migos."):].partition("=")
+            opts[key] = value or "1"
+    out = {}
+    for key in ("stall", "patience"):
+        if opts.get(key, "").isdigit() and int(opts[key]) > 0:
+            out[key] = int(opts[key])
+    if opts.get("fault"):
+        out["fault"] = opts["fault"]
+    return out
+
+
+def pipe_level(configured):
+    """Level migrate logs at inside MIGOS: the configured one, but never less verbose than
+    info, because its progress events are what feed the watchdog."""
+    configured = configured if configured in LEVELS else "info"
+    return configured if LEVELS.index(configured) <= LEVELS.index("info") else "info"
 
 
 def backoff(attempt, base=10, cap=300):
@@ -49,9 +95,7 @@ def migrate_argv(device, settings, files):
         argv += ["--nwmgr-cfg", path]
     if settings.get("hostname"):
         argv += ["--hostname", settings["hostname"]]
-    level = (settings.get("log") or {}).get("log_level")
-    if level:
-        argv += ["--log-level", level]
+    argv += ["--log-level", pipe_level((settings.get("log") or {}).get("log_level"))]
     return argv
 
 

@@ -98,6 +98,9 @@ def load(path, check_sums=True):
     except (tarfile.TarError, OSError, EOFError) as e:
         raise UsageError("%s is not a readable tar archive (%s)" % (path, e),
                          "download it again")
+    # the build's tarball holds the tree under boot/ (DESIGN.md 1); a flat one is accepted too
+    if files and all(n.startswith("boot/") for n in files):
+        files = {n[len("boot/"):]: d for n, d in files.items()}
     missing = [r for r in REQUIRED if r not in files]
     if missing:
         raise UsageError("%s lacks %s" % (path, ", ".join(missing)),
@@ -111,7 +114,8 @@ def load(path, check_sums=True):
 
 
 def make_fake(out_dir, name="test", itb=b"FIT-IMAGE", extra=None):
-    """A tarball of the real shape with placeholder contents, plus SHA256SUMS (tests, dry runs)."""
+    """A tarball of the real shape (the tree under boot/) with placeholder contents, plus
+    SHA256SUMS (tests, dry runs)."""
     os.makedirs(out_dir, exist_ok=True)
     files = {
         "bootcode.bin": b"bootcode", "start.elf": b"start", "start4.elf": b"start4",
@@ -128,7 +132,7 @@ def make_fake(out_dir, name="test", itb=b"FIT-IMAGE", extra=None):
     path = os.path.join(out_dir, "migos-boot-%s.tar.gz" % name)
     with tarfile.open(path, "w:gz") as tar:
         for rel in sorted(files):
-            info = tarfile.TarInfo(rel)
+            info = tarfile.TarInfo("boot/" + rel)
             info.size = len(files[rel])
             info.mtime = 0
             tar.addfile(info, io.BytesIO(files[rel]))

@@ -395,6 +395,12 @@ class Migration(object):
         if old is not None and old != states.FAILED:
             log.event("OK", "state %s done" % old, state_name=old)
         log.event("INI", "state %s" % new, state_name=new)
+        if os.environ.get("MIGOS_FAULT") == "hang:" + new:
+            # fault injection for the watchdog test (migos.fault=hang:STATE on the kernel
+            # command line): stop making progress, as a deadlocked migration would
+            log.event("ERROR", "fault injection: hanging in state %s" % new, level="warn")
+            while True:
+                time.sleep(3600)
 
     # -- preflight ----------------------------------------------------------------------
     def load_config(self):
