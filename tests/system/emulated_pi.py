@@ -79,9 +79,12 @@ def _needed_files(root, binary):
 
 
 OLD_OS_INIT = r"""#!/bin/sh
+# the old OS's cmdline.txt ends in console=tty1 (HDMI): say it through the kernel log, which
+# every console (the serial one included) prints
 export PATH=/bin
 mount -t proc proc /proc
-echo "OLD OS BOOTED cmdline=$(cat /proc/cmdline)"
+mount -t devtmpfs devtmpfs /dev
+echo "OLD OS BOOTED cmdline=$(cat /proc/cmdline)" > /dev/kmsg
 poweroff -f
 """
 
