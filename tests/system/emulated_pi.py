@@ -23,7 +23,7 @@ from libarchive.entry import FileType
 from stages import initramfs, prune
 from .qemu import DIST, REPO
 
-BUILD = os.path.join(REPO, "build", "debian-arm64")
+BUILD = os.path.realpath(os.path.join(REPO, "build", "debian-arm64"))  # build/ may be a symlink
 GUEST_SERVER = "10.0.2.100"
 GUEST_PORT = 8080
 
