@@ -25,7 +25,7 @@ from stages import initramfs, prune
 from tests.balena_image import make_old_os_disk
 from .qemu import DIST, REPO
 
-BUILD = os.path.join(REPO, "build", "debian-arm64")
+BUILD = os.path.realpath(os.path.join(REPO, "build", "debian-arm64"))  # build/ may be a symlink
 GUEST_SERVER = "10.0.2.100"
 GUEST_PORT = 8080
 

@@ -31,7 +31,9 @@ class Machine:
         self.argv = argv
         self.log = open(log_path, "w")
         self.lines = []
+        self.stamps = []                 # time.monotonic() when each of ``lines`` was read
         self.q = queue.Queue()
+        self.started = time.monotonic()  # power-on, as near as the host can tell
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT)
         self.reader = threading.Thread(target=self._read, daemon=True)
@@ -41,6 +43,7 @@ class Machine:
         buf = b""
         while True:
             chunk = self.proc.stdout.read1(4096) if hasattr(self.proc.stdout, "read1") else self.proc.stdout.read(1)
+            now = time.monotonic()
             if not chunk:
                 break
             buf += chunk
@@ -49,9 +52,11 @@ class Machine:
                 text = line.decode(errors="replace").rstrip("\r")
                 self.log.write(text + "\n")
                 self.log.flush()
+                self.stamps.append(now)
                 self.lines.append(text)
                 self.q.put(text)
         if buf:
+            self.stamps.append(now)
             self.lines.append(buf.decode(errors="replace"))
         self.q.put(None)
 
