@@ -43,12 +43,15 @@ import uuid
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 from tests.balena_api import BalenaApi  # noqa: E402
-from tests.balena_image import compress, make_balena_image, make_old_os_disk  # noqa: E402
+sys.path.insert(0, os.path.join(REPO, "tests"))
+sys.path.insert(0, os.path.join(REPO, "packages", "migos"))
+from tests.balena_image import compress, make_balena_image  # noqa: E402
 from tests.system import emulated_pi as pi  # noqa: E402
-from tests.system.qemu import DIST, UBOOT_QEMU, Machine, qemu_virt  # noqa: E402
+from tests.system.qemu import DIST, Machine  # noqa: E402
 
 MIB = 1 << 20
-HOSTNAME = "bench-pi"
+HOSTNAME = "bookworm-pi"          # kept from the old OS (tests/os_fixtures.py, bookworm)
+DEVICE_TYPE = "raspberrypi4-64"
 READY = re.compile(r"^MIGOS \S+ ready$")
 STATE = re.compile(r'"msg": "state ([A-Z_]+)"')
 SUCCESS = re.compile(r'"state": "SUCCESS"')
@@ -75,25 +78,19 @@ def geometry(size_mib):
 
 
 def prepare(work, size_mib):
-    """Image (raw, .zst), old-OS disk with MIGOS on p1, config; as test_migration.prepare."""
+    """Image (raw, .zst), old-OS disk prepared by `migos init`, config; as test_migration's Rig."""
     boot, root, state, data = geometry(size_mib)
     raw = os.path.join(work, "balena.img")
-    make_balena_image(raw, "raspberrypi3-64", boot_files=pi.bootable_balena_files(work),
+    make_balena_image(raw, DEVICE_TYPE, boot_files=pi.bootable_balena_files(work),
                       boot_mib=boot, root_mib=root, state_mib=state, data_mib=data,
                       kernel_mib=0.0625, fill=0.3, random_fraction=0.3)
     packed = compress(raw, "zst")
-    config = {"deviceType": "raspberrypi3-64", "applicationId": 1234, "uuid": uuid.uuid4().hex,
+    config = {"deviceType": DEVICE_TYPE, "applicationId": 1234, "uuid": uuid.uuid4().hex,
               "apiEndpoint": "http://%s:%d" % (pi.GUEST_SERVER, pi.GUEST_PORT),
               "apiKey": secrets.token_hex(16)}
-    settings = {"format": 1, "image": {"source": "url", "url": "http://%s:%d/files/balena.img.zst"
-                                       % (pi.GUEST_SERVER, pi.GUEST_PORT)},
-                "hostname": HOSTNAME, "log": {"log_level": "info"}}
-    p1 = pi.migos_boot_files()
-    p1["migos/migrate.json"] = json.dumps(settings).encode()
-    p1["migos/config.json"] = json.dumps(config).encode()
-    disk = os.path.join(work, "sd.img")
-    disk_mib = 100 + 4 + -(-os.path.getsize(raw) // MIB) + 64
-    make_old_os_disk(disk, size_mib=disk_mib, p1_start_mib=4, p1_size_mib=96, p1_files=p1)
+    url = "http://%s:%d/files/balena.img.zst" % (pi.GUEST_SERVER, pi.GUEST_PORT)
+    disk_mib = max(4000, 100 + 4 + -(-os.path.getsize(raw) // MIB) + 64)
+    disk, _, _ = pi.old_os_disk(work, url, config, size_mib=disk_mib)
     return raw, packed, disk, config, (boot, root, state, data), disk_mib
 
 
@@ -204,8 +201,8 @@ def run(a, work):
     timeout_migrate = 600 + 3 * a.size_mib
     with BalenaApi(files={"balena.img.zst": packed}) as api:
         port = int(api.url.rsplit(":", 1)[1])
-        argv = qemu_virt(bios=UBOOT_QEMU, disk=disk, mem=a.mem,
-                         forward=(pi.GUEST_SERVER, pi.GUEST_PORT, port))
+        fwd = (pi.GUEST_SERVER, pi.GUEST_PORT, port)
+        argv = pi.firmware_argv(disk, work, forward=fwd, mem=a.mem, extra=("-device", "i6300esb"))
         first = Machine(argv, os.path.join(work, "boot1.log"))
         try:
             wait_for(first, READY.pattern, 300)
@@ -217,6 +214,7 @@ def run(a, work):
         finally:
             first.kill()
         served = api.total_sent("/files/balena.img.zst")
+        argv = pi.firmware_argv(disk, work, forward=fwd, mem=a.mem, extra=("-device", "i6300esb"))
         second = Machine(argv, os.path.join(work, "boot2.log"))  # power on again at once
         try:
             m = wait_for(second, BOOTED.pattern, 300)

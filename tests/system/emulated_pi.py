@@ -143,17 +143,6 @@ def bootable_balena_files(work):
             "balena-initrd": open(initrd, "rb").read()}
 
 
-def migos_boot_files():
-    """The built MIGOS boot partition tree as {path: bytes} (what `migos init` installs)."""
-    top = os.path.join(DIST, "boot")
-    files = {}
-    for d, _, names in os.walk(top):
-        for n in names:
-            full = os.path.join(d, n)
-            files[os.path.relpath(full, top)] = open(full, "rb").read()
-    return files
-
-
 # --- an old OS prepared by the real `migos init` ---------------------------------------------
 
 DHCP_ETH = """[connection]
@@ -248,7 +237,7 @@ def firmware_settings(text):
     return out
 
 
-def firmware_argv(disk, work, forward=None, extra=()):
+def firmware_argv(disk, work, forward=None, extra=(), mem=1024):
     """qemu argv for what the Pi firmware would boot from ``disk``: config.txt's kernel (with
     os_prefix, the initramfs it names or auto_initramfs's, and cmdline.txt). A ``kernel`` of
     u-boot.bin (MIGOS and balenaOS) is played by Debian's U-Boot for virt, which then runs
@@ -260,7 +249,7 @@ def firmware_argv(disk, work, forward=None, extra=()):
     prefix = conf.get("os_prefix", "")
     kernel = conf.get("kernel", "kernel8.img" if conf.get("arm_64bit") == "1" else "kernel7.img")
     if kernel.endswith("u-boot.bin"):
-        return qemu_virt(bios=UBOOT_QEMU, disk=disk, forward=forward, extra=extra)
+        return qemu_virt(bios=UBOOT_QEMU, disk=disk, forward=forward, extra=extra, mem=mem)
     initrd = conf.get("initramfs")
     if initrd is None and conf.get("auto_initramfs") == "1":
         initrd = kernel.replace("kernel", "initramfs").replace(".img", "")
@@ -276,4 +265,4 @@ def firmware_argv(disk, work, forward=None, extra=()):
     # the firmware resolves serial0 to the board's UART; on virt that is ttyAMA0
     append = cmdline.strip().replace("serial0", "ttyAMA0")
     return qemu_virt(kernel=paths["kernel"], initrd=paths.get("initrd"), append=append, disk=disk,
-                     forward=forward, extra=extra)
+                     forward=forward, extra=extra, mem=mem)
