@@ -230,13 +230,15 @@ def test_hang_is_reset_by_the_watchdog_and_resumes(rig):
 # Kill points in the order a migration reaches them: (console line that arms the cut, extra delay
 # in seconds). The chain cuts power (SIGKILL of qemu) at each in turn on the same disk; every boot
 # after a cut must come up in MIGOS again and resume, until a cut after the MBR switch finds
-# balenaOS already in place.
+# balenaOS already in place. INJECT comes early: config.json goes into resin-boot as soon as the
+# stream has passed it, in the middle of WRITE.
 KILL_POINTS = [("MIGOS \\S+ ready", 2.0), ("state PREFLIGHT", 0.3), ("state PLAN", 0.1),
-               ("state WRITE", 0.5), ("state WRITE", 1.5), ("state WRITE", 3.0), ("state WRITE", 0.0),
-               ("state WRITE", 2.2), ("state WRITE", 4.0), ("state WRITE", 5.0),
-               ("state INJECT", 0.0), ("state INJECT", 0.4), ("state INJECT", 0.8),
-               ("state DRAIN", 0.0), ("state DRAIN", 0.1), ("state CHECK", 0.0), ("state CHECK", 0.2),
-               ("state SWITCH", 0.0), ("state SWITCH", 0.05), ("state SWITCH", 0.1)]
+               ("state WRITE", 0.0), ("state WRITE", 0.5),
+               ("state INJECT", 0.0), ("state INJECT", 0.3), ("state INJECT", 0.7),
+               ("state WRITE", 1.0), ("state WRITE", 2.2), ("state WRITE", 3.0), ("state WRITE", 4.0),
+               ("state WRITE", 5.0), ("state DRAIN", 0.0), ("state DRAIN", 0.1), ("state CHECK", 0.0),
+               ("state CHECK", 0.2), ("state SWITCH", 0.0), ("state SWITCH", 0.05), ("state SWITCH", 0.1)]
+INJECT_POINT = 5
 
 
 STATE_ORDER = ["MIGOS \\S+ ready", "state PREFLIGHT", "state PLAN", "state WRITE", "state INJECT",
@@ -247,7 +249,7 @@ def kill_points(n):
     """``n`` kill points spread over KILL_POINTS, the first, INJECT and the last SWITCH always in."""
     if n >= len(KILL_POINTS):
         return list(KILL_POINTS)
-    must = {0, 10, len(KILL_POINTS) - 3}
+    must = {0, INJECT_POINT, len(KILL_POINTS) - 3}
     step = (len(KILL_POINTS) - 1) / max(1, n - 1)
     picked = sorted(must | {round(i * step) for i in range(n)})
     while len(picked) > n:
@@ -296,4 +298,7 @@ def test_power_cuts_during_a_migration_always_end_in_balena(rig):
         final.kill()
     expect_balena(r)
     assert sum(1 for _, o in outcomes if o.startswith("cut")) >= len(outcomes) - 2, outcomes
+    # the narrow windows were really hit: the config injection and the MBR switch
+    assert ("state INJECT", "cut") in outcomes, outcomes
+    assert ("state SWITCH", "cut") in outcomes, outcomes
     print("power cuts: %d boots, outcomes %s" % (r.boots, outcomes))
