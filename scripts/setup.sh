@@ -14,7 +14,7 @@ HOST_PACKAGES=(
   make gcc gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf bison flex bc libssl-dev libgnutls28-dev
   # disks, boot and tests
   qemu-system-arm u-boot-qemu dosfstools mtools e2fsprogs fdisk util-linux pigz cpio
-  network-manager
+  network-manager wpasupplicant
   # fleet operation and publishing: MQTT broker for the tests, test certificates, signatures
   mosquitto openssl gnupg
 )

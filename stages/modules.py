@@ -6,6 +6,7 @@ on the unpacked tree); modules built into the kernel (modules.builtin) need no f
 the selection so busybox ``modprobe`` works in the image.
 """
 
+import glob
 import os
 import shutil
 
@@ -94,7 +95,28 @@ def build_modules(ctx):
         if os.path.exists(os.path.join(src, meta)):
             shutil.copy2(os.path.join(src, meta), os.path.join(dest, meta))
     run("depmod", "-b", os.path.join(out, "usr"), release)
-    stamp.write(ctx.path("modules.json"), [out], modules=chosen)
+    blobs = firmware_files(ctx.path("kernel"), ctx.target.firmware)
+    for rel, full in blobs:
+        os.makedirs(os.path.join(out, "usr", "lib", "firmware", os.path.dirname(rel)), exist_ok=True)
+        shutil.copy(full, os.path.join(out, "usr", "lib", "firmware", rel))   # links resolved
+    stamp.write(ctx.path("modules.json"), [out], modules=chosen, firmware=[r for r, _ in blobs])
+
+
+def firmware_files(tree, globs):
+    """[(path under lib/firmware, file)] of the unpacked extract set matching ``globs``; a glob
+    that matches nothing fails the build (a renamed blob would otherwise vanish silently)."""
+    bases = [os.path.join(tree, "usr", "lib", "firmware"), os.path.join(tree, "lib", "firmware")]
+    out = {}
+    for g in globs:
+        hits = []
+        for base in bases:
+            hits += [(os.path.relpath(p, base), p) for p in glob.glob(os.path.join(base, g))
+                     if os.path.isfile(p)]
+        if not hits:
+            raise BuildError("firmware %r matches no file of the extract set; fix the target's "
+                             "firmware list or its extract packages" % g)
+        out.update(hits)
+    return sorted(out.items())
 
 
 def tasks(ctx):
@@ -111,4 +133,4 @@ def tasks(ctx):
 
 def _config(ctx):
     from doit.tools import config_changed
-    return config_changed({"modules": ctx.target.modules})
+    return config_changed({"modules": ctx.target.modules, "firmware": ctx.target.firmware})

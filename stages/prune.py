@@ -48,13 +48,22 @@ KEEP = ("etc/ld.so.cache", "etc/ld.so.conf", "etc/ld.so.conf.d/*",
         "usr/lib/*/gconv/gconv-modules.d/*", "usr/lib/*/gconv/IBM850.so", "usr/lib/*/gconv/IBM437.so")
 
 
+ALIASED = ("bin/", "sbin/", "lib/", "lib32/", "lib64/", "libx32/")
+
+
+def merged_usr(path):
+    """The path of a dpkg-listed file in the merged-/usr root (/lib/x -> usr/lib/x). Pure."""
+    return "usr/" + path if path.startswith(ALIASED) else path
+
+
 def owned_files(root, package):
     """Files dpkg lists for ``package`` in ``root`` (relative paths)."""
     info = os.path.join(root, "var/lib/dpkg/info")
     for lst in [os.path.join(info, package + ".list")] + sorted(glob.glob(os.path.join(info, package + ":*.list"))):
         if os.path.exists(lst):
             with open(lst) as f:
-                return [line.strip().lstrip("/") for line in f if line.strip() not in ("", "/.")]
+                return [merged_usr(line.strip().lstrip("/")) for line in f
+                        if line.strip() not in ("", "/.")]
     raise BuildError("build-only package %s is not installed in the root; fix the target's build_only list"
                      % package)
 
@@ -174,5 +183,12 @@ def tasks(ctx):
         "actions": [(build_pruned, [ctx])],
         "file_dep": [ctx.path("rootfs.json"), __file__],
         "targets": [ctx.path("pruned.json")],
+        # a changed build_only list changes what is pruned, not necessarily the root
+        "uptodate": [_config(ctx)],
         "clean": True,
     }
+
+
+def _config(ctx):
+    from doit.tools import config_changed
+    return config_changed({"build_only": ctx.target.build_only})

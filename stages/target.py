@@ -56,6 +56,7 @@ class Target:
     qemu_virt: bool                   # also a FIT configuration for qemu's virt machine
     console: str                      # kernel console= arguments for the Pi
     modules: List[str]                # kernel modules to ship (dependencies are added)
+    firmware: List[str]               # globs under lib/firmware of the extract set (wifi blobs)
 
     @property
     def qemu_user(self):
@@ -143,6 +144,7 @@ def parse(raw, where, mirror=None):
     values.setdefault("uboot_cross", None)
     values.setdefault("kernel_layout", "debian")
     values.setdefault("isa", raw.get("arch"))
+    values.setdefault("firmware", [])
     missing = _FIELDS - set(values)
     if missing:
         raise BuildError("%s: missing key %s" % (where, ", ".join(sorted(missing))))

@@ -99,3 +99,19 @@ def test_corrupt_fit_is_never_booted(dist, tmp_path):
         assert not any("booting configuration" in l for l in m.lines)
     finally:
         m.kill()
+
+
+def test_image_carries_wifi(dist):
+    """What MIGOS needs to join the old OS's wifi on a Pi: wpa_supplicant (its libraries are
+    checked by the build's ELF check) and the Pi wifi chips' firmware. qemu has no wifi
+    hardware, so joining a network is tested only as far as wpa_supplicant reading the
+    configuration MIGOS writes (tests/unit/test_runtime.py)."""
+    import libarchive
+    with libarchive.file_reader(os.path.join(DIST, "initramfs.cpio.zst")) as arc:
+        names = {e.pathname.lstrip("./") for e in arc}
+    assert "usr/sbin/wpa_supplicant" in names
+    for chip in ("43430", "43455"):
+        assert "usr/lib/firmware/brcm/brcmfmac%s-sdio.bin" % chip in names, chip
+        assert any(n.startswith("usr/lib/firmware/brcm/brcmfmac%s-sdio.raspberrypi," % chip)
+                   for n in names), chip
+    assert "usr/lib/aarch64-linux-gnu/security/pam_unix.so" not in names   # build-only, pruned

@@ -233,3 +233,29 @@ def test_a_failed_publish_leaves_the_previous_dist_untouched(tmp_path, monkeypat
     assert os.listdir(ctx.dist) == ["SHA256SUMS"]
     assert sorted(os.listdir(tmp_path / "dist")) == ["debian-arm64"]      # no half-built copy left
     assert (tmp_path / "dist" / "debian-arm64" / "SHA256SUMS").read_text() == "previous build\n"
+
+
+def test_dpkg_paths_map_onto_the_merged_usr_root():
+    from stages import prune
+    assert prune.merged_usr("lib/aarch64-linux-gnu/security/pam_unix.so") == \
+        "usr/lib/aarch64-linux-gnu/security/pam_unix.so"
+    assert prune.merged_usr("sbin/unix_chkpwd") == "usr/sbin/unix_chkpwd"
+    assert prune.merged_usr("usr/lib/x") == "usr/lib/x"
+    assert prune.merged_usr("etc/pam.d/other") == "etc/pam.d/other"
+    assert prune.merged_usr("library/x") == "library/x"
+
+
+def test_firmware_globs_pick_blobs_and_a_glob_without_a_match_fails(tmp_path):
+    from stages import modules
+    from stages.tools import BuildError
+    fw = tmp_path / "lib" / "firmware" / "brcm"
+    fw.mkdir(parents=True)
+    for n in ("brcmfmac43455-sdio.bin", "brcmfmac43455-sdio.raspberrypi,4-model-b.txt",
+              "brcmfmac43455-sdio.pine64,quartz64-b.txt"):
+        (fw / n).write_bytes(b"x")
+    got = modules.firmware_files(str(tmp_path), ["brcm/brcmfmac43455-sdio.bin",
+                                                 "brcm/brcmfmac43455-sdio.raspberrypi,*.txt"])
+    assert [r for r, _ in got] == ["brcm/brcmfmac43455-sdio.bin",
+                                   "brcm/brcmfmac43455-sdio.raspberrypi,4-model-b.txt"]
+    with pytest.raises(BuildError, match="brcmfmac43430"):
+        modules.firmware_files(str(tmp_path), ["brcm/brcmfmac43430-sdio.bin"])

@@ -157,3 +157,73 @@ def test_full_log_kept_on_the_old_boot_fat_without_mounting(tmp_path):
     assert subprocess.run(["fsck.fat", "-n", part], capture_output=True).returncode == 0
     # a disk without a FAT there: a logged error, not an exception
     assert logsinks.save_to_old_boot(disk, 1 << 20, ["x"]) is False
+
+
+WIFI_KEYFILE = """[connection]
+id=home
+type=wifi
+
+[wifi]
+ssid=Home Net
+hidden=true
+
+[wifi-security]
+key-mgmt=wpa-psk
+psk=pass "with" quotes
+
+[ipv4]
+method=auto
+"""
+
+
+def test_wifi_networks_from_keyfiles_and_wpa_supplicant_conf():
+    files = {"b-home.nmconnection": WIFI_KEYFILE,
+             "a-cafe.nmconnection": "[connection]\ntype=wifi\n[wifi]\nssid=99;97;102;233;\n",
+             "c-corp.nmconnection": "[connection]\ntype=wifi\n[wifi]\nssid=Corp\n[wifi-security]\n"
+                                    "key-mgmt=wpa-eap\n[802-1x]\neap=peap;\n",
+             "d-wpa3.nmconnection": "[connection]\ntype=wifi\n[wifi]\nssid=W3\n[wifi-security]\n"
+                                    "key-mgmt=sae\npsk=sae-secret-1\n",
+             "wired.nmconnection": "[connection]\ntype=ethernet\n[ipv4]\nmethod=auto\n"}
+    nets = plan.wifi_networks(files)
+    assert [(n[0], n[1], n[3], n[4]) for n in nets] == [
+        ("a-cafe.nmconnection", b"caf\xe9", "NONE", False),     # byte-list SSID, open
+        ("b-home.nmconnection", b"Home Net", "WPA-PSK", True),
+        ("d-wpa3.nmconnection", b"W3", "SAE", False)]           # 802.1X skipped
+    conf = plan.wpa_conf(nets, "DE")
+    assert "country=DE" in conf
+    blocks = conf.split("network={")[1:]
+    assert "ssid=636166e9" in blocks[0] and "key_mgmt=NONE" in blocks[0] and "priority=3" in blocks[0]
+    assert 'ssid="Home Net"' in blocks[1] and 'psk="pass "with" quotes"' in blocks[1]
+    assert "scan_ssid=1" in blocks[1] and "priority=2" in blocks[1]
+    assert 'sae_password="sae-secret-1"' in blocks[2] and "ieee80211w=2" in blocks[2]
+    assert plan.wpa_conf(nets, "not a country").count("country=") == 0
+    assert plan.wireless_interface(["lo", "eth0", "wlan1", "wlan0"]) == "wlan0"
+    assert plan.wireless_interface(["lo", "eth0"]) is None
+
+
+def test_wpa_supplicant_itself_accepts_the_conf(tmp_path):
+    """The generated wpa_supplicant.conf read by the real wpa_supplicant (the host's, with the
+    'none' driver on lo: it parses the configuration, then fails to scan, which is fine)."""
+    import shutil
+    exe = shutil.which("wpa_supplicant") or "/usr/sbin/wpa_supplicant"
+    if not os.path.exists(exe):
+        pytest.fail("wpa_supplicant is not installed (scripts/setup.sh installs wpasupplicant)")
+    nets = plan.wifi_networks({"b.nmconnection": WIFI_KEYFILE,
+                               "a.nmconnection": "[connection]\ntype=wifi\n[wifi]\nssid=99;97;102;233;\n",
+                               "d.nmconnection": "[connection]\ntype=wifi\n[wifi]\nssid=W3\n"
+                                                 "[wifi-security]\nkey-mgmt=sae\npsk=sae-secret-1\n"})
+    good = plan.wpa_conf(nets, "DE").replace("ctrl_interface=/run/wpa_supplicant",
+                                            "ctrl_interface=%s" % (tmp_path / "ctl"))
+    bad = good.replace('psk="pass "with" quotes"', "psk=short")
+
+    def parse(text):
+        conf = tmp_path / "wpa.conf"
+        conf.write_text(text)
+        try:
+            out = subprocess.run([exe, "-D", "none", "-i", "lo", "-c", str(conf)], capture_output=True,
+                                 text=True, timeout=3).stdout
+        except subprocess.TimeoutExpired as e:
+            out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+        return out
+    assert "Successfully initialized" in parse(good)
+    assert "Failed to read or parse configuration" in parse(bad)

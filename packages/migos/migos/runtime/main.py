@@ -130,7 +130,7 @@ def main():
     watchdog = Watchdog(stall=opts.get("stall", plan.STALL))
     watchdog.arm()
     if needs_network(settings):
-        network.up(keyfiles)
+        network.up(keyfiles, country=settings.get("wifi_country"))
     argv = plan.migrate_argv(device, settings, files)
     env = dict(os.environ)
     if opts.get("fault"):

@@ -1,4 +1,6 @@
-"""Bring the network up inside MIGOS: the backed-up wired configuration, else DHCP."""
+"""Bring the network up inside MIGOS from the backed-up configuration: the first wired
+interface (static from its keyfile, else DHCP); when that gives no address, wifi through
+wpa_supplicant with the backed-up wifi keyfiles (where the board has a wifi interface)."""
 
 import os
 import time
@@ -9,7 +11,69 @@ from . import plan
 UDHCPC_SCRIPT = "/usr/share/migos/udhcpc.script"
 
 
-def up(keyfiles, wait=30, sys_net="/sys/class/net"):
+WPA_CONF = "/run/migos/wpa_supplicant.conf"
+
+
+def up(keyfiles, wait=30, sys_net="/sys/class/net", country=None):
+    """Wired first, then wifi; return the configured interface's name or None."""
+    wifi = plan.wifi_networks(keyfiles)
+    iface = wired_up(keyfiles, wait=wait if not wifi else min(wait, 10), sys_net=sys_net)
+    if iface is None and wifi:
+        iface = wifi_up(keyfiles, wifi, country, wait=wait, sys_net=sys_net)
+    return iface
+
+
+def wifi_up(keyfiles, networks, country, wait=30, sys_net="/sys/class/net"):
+    """Join the backed-up wifi networks with wpa_supplicant, then DHCP (or the static address of
+    the first network's keyfile)."""
+    deadline = time.monotonic() + wait
+    iface = None
+    while time.monotonic() < deadline:      # brcmfmac loads its firmware before wlan0 appears
+        try:
+            iface = plan.wireless_interface(os.listdir(sys_net))
+        except OSError:
+            iface = None
+        if iface:
+            break
+        time.sleep(1)
+    if not iface:
+        log.event("ERROR", "no wifi interface appeared in %ds: the old OS's wifi cannot be used" % wait)
+        return None
+    fd = os.open(WPA_CONF, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(plan.wpa_conf(networks, country))
+    run.run(["ip", "link", "set", iface, "up"], check=False)
+    proc = run.run(["wpa_supplicant", "-B", "-i", iface, "-c", WPA_CONF, "-P", "/run/wpa_supplicant.pid"],
+                   check=False, timeout=30)
+    if proc.returncode != 0:
+        log.event("ERROR", "wifi: wpa_supplicant did not start on %s" % iface)
+        return None
+    log.event("OK", "wifi: wpa_supplicant on %s with %d network(s): %s" % (
+        iface, len(networks), ", ".join(n for n, *_ in networks)))
+    static = plan.static_ipv4(keyfiles[networks[0][0]])
+    if static:
+        return _static(iface, static)
+    proc = run.run(["udhcpc", "-i", iface, "-n", "-q", "-t", "20", "-T", "3", "-s", UDHCPC_SCRIPT], check=False)
+    if proc.returncode != 0:
+        log.event("ERROR", "wifi: no DHCP lease on %s" % iface)
+        return None
+    log.event("OK", "network: %s configured by DHCP over wifi" % iface)
+    return iface
+
+
+def _static(iface, static):
+    addr, gw, dns = static
+    run.run(["ip", "addr", "add", addr, "dev", iface], check=False)
+    if gw:
+        run.run(["ip", "route", "add", "default", "via", gw], check=False)
+    if dns:
+        with open("/etc/resolv.conf", "w") as f:
+            f.write("".join("nameserver %s\n" % d for d in dns))
+    log.event("OK", "network: %s static %s via %s (from the backed-up configuration)" % (iface, addr, gw))
+    return iface
+
+
+def wired_up(keyfiles, wait=30, sys_net="/sys/class/net"):
     """Configure the first wired interface; return its name or None. ``keyfiles``: {name: text}."""
     deadline = time.monotonic() + wait
     iface = None
@@ -32,15 +96,7 @@ def up(keyfiles, wait=30, sys_net="/sys/class/net"):
             if static:
                 break
     if static:
-        addr, gw, dns = static
-        run.run(["ip", "addr", "add", addr, "dev", iface], check=False)
-        if gw:
-            run.run(["ip", "route", "add", "default", "via", gw], check=False)
-        if dns:
-            with open("/etc/resolv.conf", "w") as f:
-                f.write("".join("nameserver %s\n" % d for d in dns))
-        log.event("OK", "network: %s static %s via %s (from the backed-up configuration)" % (iface, addr, gw))
-        return iface
+        return _static(iface, static)
     proc = run.run(["udhcpc", "-i", iface, "-n", "-q", "-t", "10", "-T", "2", "-s", UDHCPC_SCRIPT], check=False)
     if proc.returncode != 0:
         log.event("ERROR", "network: no DHCP lease on %s" % iface)

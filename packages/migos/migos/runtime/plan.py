@@ -119,3 +119,74 @@ def static_ipv4(keyfile_text):
 
 def is_wired_keyfile(keyfile_text):
     return bool(re.search(r"^type=(ethernet|802-3-ethernet)\s*$", keyfile_text, re.M))
+
+
+# --- wifi --------------------------------------------------------------------------------------
+
+WIRELESS = re.compile(r"^(wlan|wlp|wlx)\w*$")
+
+
+def wireless_interface(names):
+    wl = sorted(n for n in names if WIRELESS.match(n))
+    return wl[0] if wl else None
+
+
+def wifi_networks(keyfiles):
+    """[(name, ssid bytes, psk or None, key_mgmt, hidden)] of the wifi keyfiles that
+    wpa_supplicant can join (open, WPA-PSK, SAE), in file-name order; enterprise (802.1X)
+    ones are skipped. ``keyfiles``: {file name: text}."""
+    from ..stage1 import keyfile
+    out = []
+    for name in sorted(keyfiles):
+        sections, _ = keyfile.parse_keyfile(keyfiles[name])
+        conn = sections.get("connection", {})
+        if conn.get("type", "").strip() not in ("wifi", "802-11-wireless"):
+            continue
+        wifi = sections.get("wifi") or sections.get("802-11-wireless") or {}
+        if "ssid" not in wifi:
+            continue
+        sec = sections.get("wifi-security") or sections.get("802-11-wireless-security") or {}
+        mgmt = sec.get("key-mgmt", "").strip()
+        psk = keyfile.unescape(sec["psk"].strip()) if "psk" in sec else None
+        if mgmt in ("", "none") and psk is None:
+            kind = "NONE"
+        elif mgmt == "wpa-psk" and psk:
+            kind = "WPA-PSK"
+        elif mgmt == "sae" and psk:
+            kind = "SAE"
+        else:
+            continue
+        out.append((name, keyfile.decode_ssid(wifi["ssid"]), psk, kind,
+                    wifi.get("hidden", "").strip() == "true"))
+    return out
+
+
+def _wpa_string(value):
+    """A wpa_supplicant.conf value: "text" when plain printable ASCII, else hex (no quotes)."""
+    if all(0x20 <= b < 0x7f for b in value) and b'"' not in value and b"\\" not in value:
+        return '"%s"' % value.decode("ascii")
+    return value.hex()
+
+
+def wpa_conf(networks, country=None):
+    """wpa_supplicant.conf text for ``networks`` (from wifi_networks); earlier ones first."""
+    lines = ["ctrl_interface=/run/wpa_supplicant", "update_config=0"]
+    if country and re.match(r"^[A-Z]{2}$", country):
+        lines.append("country=%s" % country)
+    for i, (_, ssid, psk, kind, hidden) in enumerate(networks):
+        lines += ["", "network={", "\tssid=%s" % _wpa_string(ssid)]
+        if kind == "NONE":
+            lines.append("\tkey_mgmt=NONE")
+        else:
+            lines.append("\tkey_mgmt=%s" % kind)
+            if kind == "WPA-PSK" and re.match(r"^[0-9a-fA-F]{64}$", psk):
+                lines.append("\tpsk=%s" % psk)
+            else:   # a passphrase: always quoted (wpa_supplicant reads to the last quote)
+                lines.append('\t%s="%s"' % ("sae_password" if kind == "SAE" else "psk",
+                                            psk.replace("\n", "")))
+            if kind == "SAE":
+                lines.append("\tieee80211w=2")
+        if hidden:
+            lines.append("\tscan_ssid=1")
+        lines += ["\tpriority=%d" % (len(networks) - i), "}"]
+    return "\n".join(lines) + "\n"
