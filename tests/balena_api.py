@@ -8,6 +8,7 @@ Speaks the endpoints ``migos migrate`` uses:
 * ``POST /download`` with ``{"deviceType", "version", "fileType"}`` and
   ``Authorization: Bearer KEY`` -> the image file
 * ``GET /files/NAME`` -> a static file
+* ``POST /logs`` -> stored in ``logs`` (a remote log sink: event batches and full logs)
 
 Downloads honour ``Range: bytes=N-`` (206 + Content-Range) and ``If-Range`` against the ETag.
 Faults: ``drop_every`` closes each response after that many body bytes; ``rate`` limits each
@@ -51,6 +52,7 @@ class BalenaApi(object):
         self.fail_first = dict(fail_first or {})
         self.sent = {}
         self.requests = []
+        self.logs = []               # (content type, body) POSTed to /logs
         self.lock = threading.Lock()
         self.httpd = None
 
@@ -164,6 +166,10 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length else b""
         if self._fault(path):
             return
+        if path == "/logs":         # a log sink: event batches (JSON) and full logs (NDJSON)
+            with self.server_api.lock:
+                self.server_api.logs.append((self.headers.get("Content-Type"), body))
+            return self._plain(200, b"stored")
         if path != "/download":
             return self._plain(404, b"not found")
         if not self._auth_ok():

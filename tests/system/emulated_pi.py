@@ -145,23 +145,14 @@ def bootable_balena_files(work):
 
 # --- an old OS prepared by the real `migos init` ---------------------------------------------
 
-DHCP_ETH = """[connection]
-id=Wired connection 1
-uuid=2a7b4d6f-9c5d-4c3f-8a2e-1f7c2b3d4e5f
-type=ethernet
-interface-name=eth0
-
-[ethernet]
-
-[ipv4]
-method=auto
-
-[ipv6]
-method=auto
-"""
+def _dhcp(keyfile_text):
+    """The keyfile with its [ipv4] section made DHCP (qemu's user network hands out addresses)."""
+    head, _, rest = keyfile_text.partition("[ipv4]")
+    tail = rest[rest.index("\n["):] if "\n[" in rest else ""
+    return head + "[ipv4]\nmethod=auto\n" + tail
 
 
-def old_os_disk(work, image_url, config, size_mib=4000, p1_size_mib=96):
+def old_os_disk(work, image_url, config, size_mib=4000, p1_size_mib=96, init_args=()):
     """An SD card image of a Raspberry Pi OS bookworm device (tests/os_fixtures.py) whose boot
     partition was prepared by the real ``migos init`` with the built boot tarball, to migrate
     from ``image_url``. The old OS itself boots too: kernel8.img is Debian's kernel and
@@ -173,7 +164,7 @@ def old_os_disk(work, image_url, config, size_mib=4000, p1_size_mib=96):
     root = fx.make_tree(os.path.join(work, "old-root"), "bookworm")
     with open(os.path.join(root, "etc/NetworkManager/system-connections/Wired connection 1.nmconnection"),
               "w") as f:
-        f.write(DHCP_ETH)          # qemu's user network hands out addresses by DHCP
+        f.write(_dhcp(fx.NM_BOOKWORM_ETH))
     boot = os.path.join(root, "boot", "firmware")
     with open(os.path.join(boot, "kernel8.img"), "wb") as f:
         f.write(open(os.path.join(DIST, "vmlinuz"), "rb").read())
@@ -187,7 +178,7 @@ def old_os_disk(work, image_url, config, size_mib=4000, p1_size_mib=96):
     make_old_os_disk(disk, p1_files=original, **kw)
     tarball = os.path.join(DIST, "migos-boot-debian-arm64.tar.gz")
     r = run_migos("init", "--root", root, "-c", cfg, "-i", image_url, "--migos-tarball", tarball,
-                  "--disk", disk, "--no-api-check", "--no-vpn-check", "--log-level", "warn")
+                  "--disk", disk, "--no-api-check", "--no-vpn-check", "--log-level", "warn", *init_args)
     assert r.returncode == 0, r.stderr[-3000:]
     info = make_old_os_disk(disk, p1_files=tree_files(boot), **kw)
     return disk, info, original

@@ -44,7 +44,7 @@ class Rig(object):
     """One emulated device: an old-OS disk prepared by `migos init`, a synthetic balenaOS image
     (zstd) served by a local BalenaApi, and boots through the firmware logic."""
 
-    def __init__(self, work, corrupt=False, api_kw=None):
+    def __init__(self, work, corrupt=False, api_kw=None, init_args=()):
         self.work = work
         image = os.path.join(work, "balena.img")
         make_balena_image(image, DEVICE_TYPE, boot_files=pi.bootable_balena_files(work),
@@ -62,7 +62,7 @@ class Rig(object):
                        "apiEndpoint": "http://%s:%d" % (pi.GUEST_SERVER, pi.GUEST_PORT),
                        "apiKey": secrets.token_hex(16)}
         url = "http://%s:%d/files/balena.img.zst" % (pi.GUEST_SERVER, pi.GUEST_PORT)
-        self.disk, self.info, self.original = pi.old_os_disk(work, url, self.config)
+        self.disk, self.info, self.original = pi.old_os_disk(work, url, self.config, init_args=init_args)
         self.api = BalenaApi(files={"balena.img.zst": self.packed}, **(api_kw or {})).start()
         self.port = int(self.api.url.rsplit(":", 1)[1])
         self.boots = 0
@@ -117,7 +117,8 @@ def expect_balena(r, name="balena"):
 
 
 def test_whole_migration_boots_balena(rig):
-    r = rig()
+    """The whole path, with the remote log sink set by `migos init --log-http`."""
+    r = rig(init_args=("--log-http", "http://%s:%d/logs" % (pi.GUEST_SERVER, pi.GUEST_PORT)))
     m = r.boot()
     try:
         migrate_to_success(m)
@@ -135,6 +136,15 @@ def test_whole_migration_boots_balena(rig):
     assert any(e.get("state_name") == "SWITCH" for e in events)
     assert any(e["state"] == "SUCCESS" for e in events)
     assert r.config["apiKey"].encode() not in log and WIFI_SECRET.encode() not in log
+    # the remote sink got the events as they happened (runtime and migrate), then the full log
+    batches = [json.loads(b) for t, b in r.api.logs if t == "application/json"]
+    shipped = [e for batch in batches for e in batch]
+    assert any(e.get("msg") == "state SWITCH" for e in shipped), "migrate's events were not shipped"
+    assert any(e.get("script") == "main.py" for e in shipped), "the runtime's events were not shipped"
+    full = [b for t, b in r.api.logs if t == "application/x-ndjson"]
+    assert full and b'"state": "SUCCESS"' in full[-1], "no full log uploaded at the end"
+    for body in [b for _, b in r.api.logs]:
+        assert r.config["apiKey"].encode() not in body and WIFI_SECRET.encode() not in body
     expect_balena(r)
 
 

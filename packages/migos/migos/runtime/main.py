@@ -99,9 +99,36 @@ def kernel_options(path="/proc/cmdline"):
         return {}
 
 
-def keep_full_log(device, old_boot_offset, settings, switched):
-    """At the end: the whole log (kept in RAM) where it survives the reboot."""
+def remote_log(settings, env):
+    """Ship the runtime's events to migrate.json's ``log.http`` (a RAM spool: the network may
+    come later), and let migrate ship its own (MIGOS_LOG_HTTP); None when not configured."""
+    url = (settings.get("log") or {}).get("http")
+    if not url:
+        return None
+    from ..fleet import logship
+    env["MIGOS_LOG_HTTP"] = url
+    env["MIGOS_LOG_SPOOL"] = os.path.join(RUN, "logspool-migrate")
+    try:
+        shipper = logship.Shipper(os.path.join(RUN, "logspool-runtime"), [logship.HttpTransport(url)])
+    except ValueError as e:
+        log.event("ERROR", "remote log disabled: %s" % e)
+        return None
+    shipper.start()
+    shipper.install()
+    log.event("OK", "shipping the log to %s" % url.split("?")[0])
+    return shipper
+
+
+def keep_full_log(device, old_boot_offset, settings, switched, shipper=None):
+    """At the end: the whole log (kept in RAM) where it survives the reboot, and to the
+    remote sink when there is one."""
     logset = settings.get("log") or {}
+    if shipper is not None:
+        from ..fleet import logship
+        shipper.stop(drain_timeout=10.0)
+        ok = logship.upload_full_log(log.LOG.memory, http_url=logset["http"], retries=3, delay=1.0)
+        log.event("OK" if ok else "ERROR", "full log %s the remote sink" % (
+            "uploaded to" if ok else "could not be uploaded to"))
     logsinks.save_to_old_boot(device, old_boot_offset)
     if switched and logset.get("fallback_log"):
         logsinks.save_to_data(partition_device(device, 6), logset.get("fallback_log_dir"),
@@ -133,6 +160,7 @@ def main():
         network.up(keyfiles, country=settings.get("wifi_country"))
     argv = plan.migrate_argv(device, settings, files)
     env = dict(os.environ)
+    shipper = remote_log(settings, env)
     if opts.get("fault"):
         env["MIGOS_FAULT"] = opts["fault"]
         log.event("ERROR", "fault injection requested on the kernel command line: %s" % opts["fault"])
@@ -141,7 +169,7 @@ def main():
     touched = disk_touched(device)      # resumed after a reset: the point of no return is behind us
 
     def finish(switched, rc):
-        keep_full_log(device, old_boot, settings, switched)
+        keep_full_log(device, old_boot, settings, switched, shipper)
         if logdev is not None:
             logdev.close()
         reboot(watchdog)

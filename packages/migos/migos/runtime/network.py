@@ -23,19 +23,24 @@ def up(keyfiles, wait=30, sys_net="/sys/class/net", country=None):
     return iface
 
 
+def wait_for_interface(choose, wait, sys_net):
+    """The interface ``choose`` picks from /sys/class/net once one appears, or None after
+    ``wait`` seconds (drivers and firmware load in the background)."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            iface = choose(os.listdir(sys_net))
+        except OSError:
+            iface = None
+        if iface or time.monotonic() >= deadline:
+            return iface
+        time.sleep(1)
+
+
 def wifi_up(keyfiles, networks, country, wait=30, sys_net="/sys/class/net"):
     """Join the backed-up wifi networks with wpa_supplicant, then DHCP (or the static address of
     the first network's keyfile)."""
-    deadline = time.monotonic() + wait
-    iface = None
-    while time.monotonic() < deadline:      # brcmfmac loads its firmware before wlan0 appears
-        try:
-            iface = plan.wireless_interface(os.listdir(sys_net))
-        except OSError:
-            iface = None
-        if iface:
-            break
-        time.sleep(1)
+    iface = wait_for_interface(plan.wireless_interface, wait, sys_net)   # brcmfmac loads firmware first
     if not iface:
         log.event("ERROR", "no wifi interface appeared in %ds: the old OS's wifi cannot be used" % wait)
         return None
@@ -50,14 +55,19 @@ def wifi_up(keyfiles, networks, country, wait=30, sys_net="/sys/class/net"):
         return None
     log.event("OK", "wifi: wpa_supplicant on %s with %d network(s): %s" % (
         iface, len(networks), ", ".join(n for n, *_ in networks)))
-    static = plan.static_ipv4(keyfiles[networks[0][0]])
+    return address(iface, plan.static_ipv4(keyfiles[networks[0][0]]), tries=20, timeout=3, what="wifi")
+
+
+def address(iface, static, tries=10, timeout=2, what="wired"):
+    """The backed-up static address on ``iface``, else a DHCP lease; the interface or None."""
     if static:
         return _static(iface, static)
-    proc = run.run(["udhcpc", "-i", iface, "-n", "-q", "-t", "20", "-T", "3", "-s", UDHCPC_SCRIPT], check=False)
+    proc = run.run(["udhcpc", "-i", iface, "-n", "-q", "-t", str(tries), "-T", str(timeout), "-s", UDHCPC_SCRIPT],
+                   check=False)
     if proc.returncode != 0:
-        log.event("ERROR", "wifi: no DHCP lease on %s" % iface)
+        log.event("ERROR", "network: no DHCP lease on %s (%s)" % (iface, what))
         return None
-    log.event("OK", "network: %s configured by DHCP over wifi" % iface)
+    log.event("OK", "network: %s configured by DHCP (%s)" % (iface, what))
     return iface
 
 
@@ -75,16 +85,7 @@ def _static(iface, static):
 
 def wired_up(keyfiles, wait=30, sys_net="/sys/class/net"):
     """Configure the first wired interface; return its name or None. ``keyfiles``: {name: text}."""
-    deadline = time.monotonic() + wait
-    iface = None
-    while time.monotonic() < deadline:
-        try:
-            iface = plan.wired_interface(os.listdir(sys_net))
-        except OSError:
-            iface = None
-        if iface:
-            break
-        time.sleep(1)
+    iface = wait_for_interface(plan.wired_interface, wait, sys_net)
     if not iface:
         log.event("ERROR", "no wired network interface (eth*, end*, enx*, usb*) appeared in %ds" % wait)
         return None
@@ -95,11 +96,4 @@ def wired_up(keyfiles, wait=30, sys_net="/sys/class/net"):
             static = plan.static_ipv4(keyfiles[name])
             if static:
                 break
-    if static:
-        return _static(iface, static)
-    proc = run.run(["udhcpc", "-i", iface, "-n", "-q", "-t", "10", "-T", "2", "-s", UDHCPC_SCRIPT], check=False)
-    if proc.returncode != 0:
-        log.event("ERROR", "network: no DHCP lease on %s" % iface)
-        return None
-    log.event("OK", "network: %s configured by DHCP" % iface)
-    return iface
+    return address(iface, static)

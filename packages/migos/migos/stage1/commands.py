@@ -1,5 +1,7 @@
 """Registers the stage-1 subcommands: diagnostic, backup, init, takeover, restore-boot."""
 
+import os
+
 from .. import log
 
 
@@ -67,6 +69,9 @@ def _migration_options(p, takeover):
     lg = p.add_argument_group("stage-2 logging")
     lg.add_argument("-l", "--log-to", metavar="DEVICE",
                     help="stage 2 writes its log to this device's file system")
+    lg.add_argument("--log-http", metavar="URL", default=os.environ.get("MIGOS_LOG_HTTP"),
+                    help="stage 2 ships its events to this http(s) endpoint (JSON batches) and the "
+                    "full log at the end (NDJSON); default $MIGOS_LOG_HTTP")
     lg.add_argument("--s2-log-level", choices=sorted(log.LEVELS), default="info",
                     help="stage-2 log level (default info)")
     lg.add_argument("--fallback-log", action="store_true",

@@ -44,6 +44,10 @@ def check_paths(args):
             if dev and not (os.path.exists(dev) and stat.S_ISBLK(os.stat(dev).st_mode)):
                 raise UsageError("--%s %s is not a block device" % (opt.replace("_", "-"), dev),
                                  "give a device such as /dev/sda1")
+    url = getattr(args, "log_http", None)
+    if url and not url.startswith(("http://", "https://")):
+        raise UsageError("--log-http %s is not an http(s) URL" % url,
+                         "give the log endpoint as http(s)://HOST/PATH")
     if getattr(args, "change_dt_to", None):
         from .. import boards
         if args.change_dt_to not in boards.all_device_types():
@@ -171,6 +175,7 @@ def migrate_settings(args, ctx, image, slug):
         "board": ctx.board.key if ctx.board else None,
         "old_os": ctx.os,
         "log": {"log_to": args.log_to, "log_level": args.s2_log_level,
+                "http": getattr(args, "log_http", None),
                 "fallback_log": args.fallback_log,
                 "fallback_log_filename": args.fallback_log_filename,
                 "fallback_log_dir": args.fallback_log_dir},
