@@ -35,6 +35,7 @@ import shutil
 import subprocess
 import sys
 import time
+import tomllib
 
 import pytest
 
@@ -56,13 +57,15 @@ def built(tmp_path_factory):
     if not os.path.exists(packages):
         pytest.fail("build/debian-armhf is not built; run `doit build target=debian-armhf` first")
     with open(packages) as f:
-        root = [p["deb"] for p in json.load(f)["root"]]
+        fetched = json.load(f)
+    # the root set, plus the wifi firmware both targets extract
+    root = [p["deb"] for p in fetched["root"]] + \
+        [p["deb"] for p in fetched["extract"] if p["name"] == "firmware-brcm80211"]
     target_file = os.path.join(REPO, "multistrap", NAME + ".toml")
     text = open(target_file).read()
-    armhf_text = open(os.path.join(REPO, "multistrap", "debian-armhf.toml")).read()
+    ours, armhf = tomllib.loads(text), tomllib.load(open(os.path.join(REPO, "multistrap", "debian-armhf.toml"), "rb"))
     for key in ("packages", "build_only"):
-        get = lambda t: re.search(r"(?m)^%s = (.*)$" % key, t).group(1)  # noqa: E731
-        assert get(text) == get(armhf_text), "%s differs from debian-armhf's; the mirror has its .debs only" % key
+        assert ours[key] == armhf[key], "%s differs from debian-armhf's; the mirror has its .debs only" % key
     uboot_src = glob.glob(os.path.join(REPO, "build", "cache", "debian-armhf", "u-boot-src", "u-boot_*"))
     assert any(p.endswith(".dsc") for p in uboot_src), "no cached u-boot source; build debian-armhf first"
 
@@ -119,7 +122,10 @@ def test_built_from_the_local_mirror_with_raspberry_pi_packages(built, manifest)
     k = json.load(open(os.path.join(REPO, "build", NAME, "kernel.json")))
     assert k["release"].endswith("-v7+") and k["vmlinuz"].endswith("/boot/kernel7.img")
     extract = json.load(open(os.path.join(REPO, "build", NAME, "fetch", "packages.json")))["extract"]
-    assert sorted(p["name"] for p in extract) == ["raspberrypi-bootloader", "raspberrypi-kernel"]
+    assert sorted(p["name"] for p in extract) == ["firmware-brcm80211", "raspberrypi-bootloader",
+                                                  "raspberrypi-kernel"]
+    shipped = json.load(open(os.path.join(REPO, "build", NAME, "modules.json")))["firmware"]
+    assert "brcm/brcmfmac43455-sdio.bin" in shipped and "brcm/brcmfmac43430-sdio.bin" in shipped
     boot = os.path.join(DIST, "boot")
     for f in ("bootcode.bin", "start.elf", "fixup.dat", "config.txt", "boot.scr", "migos.itb",
               "migos/u-boot.bin", "migos/bcm2709-rpi-2-b.dtb", "migos/bcm2710-rpi-3-b.dtb"):
