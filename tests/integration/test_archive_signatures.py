@@ -46,9 +46,10 @@ def target_text(keyring):
     """raspbian-armhf with busybox only (fast) and both keyrings replaced by the test key."""
     with open(os.path.join(REPO, "multistrap", "raspbian-armhf.toml")) as f:
         text = f.read()
-    text = re.sub(r'(?m)^packages = .*$', 'packages = ["busybox"]', text)
-    text = re.sub(r'(?m)^build_only = .*$', 'build_only = []', text)
-    text = re.sub(r'(?m)^extract = .*$', 'extract = ["busybox"]', text)
+    for key, value in (("packages", '["busybox"]'), ("build_only", "[]"), ("extract", '["busybox"]'),
+                       ("firmware", "[]")):      # arrays may span lines
+        text, n = re.subn(r'(?ms)^%s = \[.*?\]' % key, '%s = %s' % (key, value), text)
+        assert n == 1, key
     text = re.sub(r'(?m)^keyring = .*$', 'keyring = "%s"' % keyring, text)
     assert text.count(keyring) == 2
     return text
