@@ -237,22 +237,51 @@ def test_hang_is_reset_by_the_watchdog_and_resumes(rig):
     assert reset_after < 120
 
 
-# Kill points in the order a migration reaches them: (console line that arms the cut, extra delay
-# in seconds). The chain cuts power (SIGKILL of qemu) at each in turn on the same disk; every boot
-# after a cut must come up in MIGOS again and resume, until a cut after the MBR switch finds
-# balenaOS already in place. INJECT comes early: config.json goes into resin-boot as soon as the
-# stream has passed it, in the middle of WRITE.
+# Kill points in the order a migration reaches them: (what arms the cut, extra delay in seconds).
+# What arms it is a console line (a regex) or "write N%": the first write progress report at or
+# past N % of the image, so the late cuts in WRITE follow the bytes written, not the clock of a
+# machine that may be faster or slower. The chain cuts power (SIGKILL of qemu) at each in turn on
+# the same disk; every boot after a cut must come up in MIGOS again and resume, until a cut after
+# the MBR switch finds balenaOS already in place. INJECT comes early: config.json goes into
+# resin-boot as soon as the stream has passed it, in the middle of WRITE.
 KILL_POINTS = [("MIGOS \\S+ ready", 2.0), ("state PREFLIGHT", 0.3), ("state PLAN", 0.1),
                ("state WRITE", 0.0), ("state WRITE", 0.5),
                ("state INJECT", 0.0), ("state INJECT", 0.3), ("state INJECT", 0.7),
-               ("state WRITE", 1.0), ("state WRITE", 2.2), ("state WRITE", 3.0), ("state WRITE", 4.0),
-               ("state WRITE", 5.0), ("state DRAIN", 0.0), ("state DRAIN", 0.1), ("state CHECK", 0.0),
+               ("write 30%", 0.0), ("write 50%", 0.0), ("write 65%", 0.0), ("write 80%", 0.0),
+               ("write 90%", 0.0), ("state DRAIN", 0.0), ("state DRAIN", 0.1), ("state CHECK", 0.0),
                ("state CHECK", 0.2), ("state SWITCH", 0.0), ("state SWITCH", 0.05), ("state SWITCH", 0.1)]
 INJECT_POINT = 5
 
 
 STATE_ORDER = ["MIGOS \\S+ ready", "state PREFLIGHT", "state PLAN", "state WRITE", "state INJECT",
-               "state DRAIN", "state CHECK", "state SWITCH", "state DONE", '"state": "SUCCESS"']
+               "write", "state DRAIN", "state CHECK", "state SWITCH", "state DONE", '"state": "SUCCESS"']
+WRITE_PROGRESS = r"write (\d+)/(\d+) MiB"
+
+
+def reaches(arm, line):
+    """Whether console ``line`` reaches kill point ``arm``."""
+    at = re.fullmatch(r"write (\d+)%", arm)
+    if not at:
+        return re.search(arm, line) is not None
+    done = re.search(WRITE_PROGRESS, line)
+    return bool(done) and 100 * int(done.group(1)) >= int(at.group(1)) * int(done.group(2))
+
+
+def wait_for_cut(m, arm, first):
+    """Read the console until kill point ``arm`` (True) or a state after it (the line, when a
+    resumed run has already gone past it)."""
+    if reaches(arm, first.string):
+        return True
+    kind = "write" if arm.startswith("write ") else arm
+    later = STATE_ORDER[STATE_ORDER.index(kind) + 1:]
+    watch = "|".join(later + [WRITE_PROGRESS if kind == "write" else arm])
+    while True:
+        line = m.expect(watch, timeout=300).string
+        if reaches(arm, line):
+            return True
+        passed = [s for s in later if s != "write" and re.search(s, line)]
+        if passed:
+            return passed[0]
 
 
 def kill_points(n):
@@ -287,14 +316,13 @@ def test_power_cuts_during_a_migration_always_end_in_balena(rig):
                 assert switched, "balenaOS booted before any cut reached the switch: %s" % outcomes
                 outcomes.append((arm, "already balena"))
                 continue
-            # cut at the armed state, or at the first later one when a resumed run skips it
-            later = STATE_ORDER[STATE_ORDER.index(arm):]
-            hit = first if re.search(arm, first.group(0)) else m.expect("|".join(later), timeout=300)
-            if re.search(arm, hit.group(0)):
+            # cut at the armed point, or at the first later state when a resumed run skips it
+            hit = wait_for_cut(m, arm, first)
+            if hit is True:
                 time.sleep(delay)
                 outcomes.append((arm, "cut"))
             else:
-                outcomes.append((arm, "cut at " + hit.group(0)))
+                outcomes.append((arm, "cut at " + hit))
         finally:
             m.kill()                           # the power cut
             switched = switched or any("state SWITCH" in l or '"SUCCESS"' in l for l in m.lines)
@@ -307,7 +335,7 @@ def test_power_cuts_during_a_migration_always_end_in_balena(rig):
     finally:
         final.kill()
     expect_balena(r)
-    assert sum(1 for _, o in outcomes if o.startswith("cut")) >= len(outcomes) - 2, outcomes
+    assert sum(1 for _, o in outcomes if o == "cut") >= len(outcomes) - 2, outcomes
     # the narrow windows were really hit: the config injection and the MBR switch
     assert ("state INJECT", "cut") in outcomes, outcomes
     assert ("state SWITCH", "cut") in outcomes, outcomes
