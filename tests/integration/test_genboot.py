@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from migos.genboot import mtools, probe, write_files
+from migos.genboot import fatswap, mtools, probe, write_files
 from migos.stage1 import tarball
 from tests.conftest import MIGOS_PKG, run_migos
 
@@ -207,3 +207,61 @@ def test_system_disk_refused(tmp_path, needs_root):
         pytest.skip("/ is on a partition; the whole-disk case is covered by the unit tests")
     proc = run_migos("gen-boot", "--force", "--format", tar, disk)
     assert proc.returncode == 2 and "running system" in proc.stderr, proc.stderr
+
+
+def fsck_complaints(img, tmp_path):
+    """fsck.fat -n on the card's partition (copied out: fsck.fat takes no offset): the lines
+    that are not about lost or free clusters, which a cut in a replacement may leave."""
+    part = str(tmp_path / "part.img")
+    with open(img, "rb") as src, open(part, "wb") as dst:
+        src.seek(8192 * 512)
+        dst.write(src.read())
+    proc = subprocess.run(["fsck.fat", "-n", part], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          universal_newlines=True)
+    harmless = ("fsck.fat", "Checking", "Leaving", "Reclaimed", "unused clusters", "Free cluster",
+                "  Auto-setting", "  Setting free", "Lost", "Perform changes", "Reclaim",
+                "is not a valid", "Leave filesystem", "part.img:", "Dirty bit", "was not properly",
+                "FATs differ but appear to be intact", "  Using first FAT")
+    return [l for l in proc.stdout.splitlines() if l.strip() and not l.startswith(harmless)
+            and "bytes in" not in l and "files," not in l and "clusters" not in l]
+
+
+@pytest.mark.parametrize("bits", [16, 32])
+def test_a_cut_at_every_write_of_a_replacement(tmp_path, bits):
+    """Replacing migos.itb (many clusters) and config.txt: a power cut after any single write
+    (prefixes of fatswap's writes applied to a copy of the card: every one up to the switch,
+    a sample of the cluster-freeing ones after it) leaves each file whole,
+    old or new, never missing, and fsck.fat finds at most lost clusters."""
+    tar_old, old = fake_tarball(tmp_path / "old", itb=os.urandom(300000))
+    img = card(str(tmp_path / "card.img"), fat_bits=bits)
+    assert run_migos("gen-boot", tar_old, img).returncode == 0
+    new = {"migos.itb": os.urandom(500000), "config.txt": old["config.txt"] + b"# new build\n"}
+    fat = card_files(img)
+    fat.mkdir(mtools.STAGING)
+    for rel, data in new.items():
+        fat.put(mtools.STAGING + "/" + rel, data)
+    base = 8192 * 512
+    for rel in ("migos.itb", "config.txt"):
+        with open(img, "rb") as f:
+            steps = fatswap.plan(lambda off, n: os.pread(f.fileno(), n, base + off),
+                                 mtools.STAGING + "/" + rel, rel)
+        flat = [w for s in steps for w in s]
+        writes = len(flat)
+        switch = [i for i, w in enumerate(flat) if len(w.data) == 19]   # the directory slot
+        assert writes >= 3 and len(switch) == 1
+        # every write up to just past the switch, then some of the cluster-freeing ones
+        ks = set(range(min(writes, switch[0] + 3))) | {(switch[0] + writes) // 2, writes - 1, writes}
+        for k in sorted(ks):
+            cut = str(tmp_path / "cut.img")
+            subprocess.run(["cp", "--sparse=always", img, cut], check=True)
+            fd = os.open(cut, os.O_RDWR)
+            try:
+                assert fatswap.apply(fd, base, steps, limit=k) == k
+            finally:
+                os.close(fd)
+            got = card_files(cut).get(rel)
+            assert got == (new[rel] if k > switch[0] else old[rel]), (rel, k)
+            assert fsck_complaints(cut, tmp_path) == [], (rel, k)
+        fatswap.replace(img, base, mtools.STAGING + "/" + rel, rel)
+        assert card_files(img).get(rel) == new[rel]
+    assert fsck_complaints(img, tmp_path) == []

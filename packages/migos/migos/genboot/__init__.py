@@ -23,7 +23,8 @@ import sys
 from .. import log
 from ..errors import UsageError
 from ..stage1 import tarball as boot_tarball
-from . import mtools, plan, probe
+from ..stage2 import fatread
+from . import fatswap, mtools, plan, probe
 from .mtools import STAGING
 
 
@@ -60,7 +61,7 @@ def format_card(target, layout):
 
 
 def write_files(fat, files):
-    """Stage, verify, then move into place (config.txt last)."""
+    """Stage, verify, then move into place (config.txt last), each file whole or not at all."""
     fat.deltree(STAGING)
     fat.mkdir(STAGING)
     for d in plan.parent_dirs(files):
@@ -73,8 +74,25 @@ def write_files(fat, files):
     for d in plan.parent_dirs(files):
         fat.mkdir(d)
     for rel in plan.staging_order(files):
-        fat.move(STAGING + "/" + rel, rel)
+        commit(fat, STAGING + "/" + rel, rel)
     fat.deltree(STAGING)
+    for rel in sorted(files):
+        if fat.get(rel) != files[rel]:
+            raise mtools.MtoolsError("%s reads back differently after the move" % rel)
+
+
+def commit(fat, staged, dest):
+    """Put the staged file at ``dest``: a new name is one directory entry (mtools); an
+    existing file is replaced by a cluster-ownership swap (``fatswap``), never removed first."""
+    if not fat.exists(dest):
+        fat.move(staged, dest)
+        return
+    try:
+        fatswap.replace(fat.path, fat.offset, staged, dest)
+    except fatswap.Unsupported:
+        fat.move(staged, dest)          # FAT12: a few-MiB partition; mtools replaces it
+    except (fatswap.SwapError, fatread.FatError) as e:
+        raise mtools.MtoolsError("cannot replace %s: %s" % (dest, e))
 
 
 def run(tarball_path, target, force=False, do_format=False, pretend=False):

@@ -15,6 +15,7 @@ class MtoolsError(Exception):
 
 class Fat:
     def __init__(self, path, offset):
+        self.path, self.offset = path, offset
         self.image = "%s@@%d" % (path, offset)
         self.env = dict(os.environ, MTOOLS_SKIP_CHECK="1", MTOOLS_NO_VFAT="0")
 

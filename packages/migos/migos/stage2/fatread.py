@@ -4,7 +4,8 @@ Used twice: on the image stream's buffered head, to find resin-boot's volume lab
 ``device-type.json`` before anything is written (the callback raises :class:`NeedMore` when the
 bytes are not buffered yet), and on the disk after config injection, to read the injected files
 back through O_DIRECT and compare them.  Long (VFAT) names are supported; only what migrate
-needs is implemented (no writing, no deleted-entry recovery).
+needs is implemented (no writing, no deleted-entry recovery).  Each entry also says where its
+directory slots are, for ``genboot.fatswap``, which replaces files in place.
 """
 
 import struct
@@ -23,10 +24,13 @@ class NeedMore(Exception):
 
 
 class Entry(object):
-    __slots__ = ("name", "attr", "cluster", "size")
+    __slots__ = ("name", "attr", "cluster", "size", "offset", "raw", "lfn_offsets")
 
-    def __init__(self, name, attr, cluster, size):
+    def __init__(self, name, attr, cluster, size, offset=None, raw=None, lfn_offsets=()):
         self.name, self.attr, self.cluster, self.size = name, attr, cluster, size
+        self.offset = offset            # of its 32-byte short entry, from the file system's start
+        self.raw = raw                  # those 32 bytes
+        self.lfn_offsets = tuple(lfn_offsets)   # of its long-name slots
 
     @property
     def is_dir(self):
@@ -61,6 +65,7 @@ class Fat(object):
         else:
             self.kind = 32
         self.root_cluster = root_cluster if self.kind == 32 else None
+        self.fsinfo_sector = struct.unpack_from("<H", bs, 48)[0] if self.kind == 32 else None
         label_at = 71 if self.kind == 32 else 43
         self.boot_label = bs[label_at:label_at + 11].decode("ascii", "replace").rstrip()
 
@@ -108,34 +113,42 @@ class Fat(object):
         return b"".join(self.read(o, n) for o, n in self.extents(entry))
 
     # directories -----------------------------------------------------------------------
-    def _dir_bytes(self, cluster):
+    def _dir_spans(self, cluster):
+        """[(offset, length)] of a directory's slots (the root when ``cluster`` is None or 0)."""
         if cluster is None or cluster == 0:
-            if self.kind == 32:
-                cluster = self.root_cluster
-            else:
-                return self.read(self.root_offset, self.root_entries * 32)
-        return b"".join(self.read(self.cluster_offset(c), self.cluster_bytes)
-                        for c in self.chain(cluster))
+            if self.kind != 32:
+                return [(self.root_offset, self.root_entries * 32)]
+            cluster = self.root_cluster
+        return [(self.cluster_offset(c), self.cluster_bytes) for c in self.chain(cluster)]
+
+    def _dir_bytes(self, cluster):
+        return b"".join(self.read(o, n) for o, n in self._dir_spans(cluster))
 
     def listdir(self, cluster=None):
-        raw = self._dir_bytes(cluster)
+        spans = self._dir_spans(cluster)
+        raw = b"".join(self.read(o, n) for o, n in spans)
+        starts = []
+        for o, n in spans:
+            starts += [o + k for k in range(0, n - 31, 32)]
         out = []
         lfn = {}
+        lfn_at = []
         for i in range(0, len(raw) - 31, 32):
             e = raw[i:i + 32]
             if e[0] == 0:
                 break
             if e[0] == 0xe5:
-                lfn = {}
+                lfn, lfn_at = {}, []
                 continue
             attr = e[11]
             if attr == 0x0f:
                 seq = e[0] & 0x1f
                 part = e[1:11] + e[14:26] + e[28:32]
                 lfn[seq] = part
+                lfn_at.append(starts[i // 32])
                 continue
             if attr & 0x08:  # volume label
-                lfn = {}
+                lfn, lfn_at = {}, []
                 continue
             short = e[0:8].rstrip(b" ")
             ext = e[8:11].rstrip(b" ")
@@ -152,12 +165,13 @@ class Fat(object):
                 chars = data.decode("utf-16-le", "replace")
                 end = chars.find("\x00")
                 name = chars[:end] if end >= 0 else chars.rstrip("\uffff")
-                lfn = {}
             hi, lo = struct.unpack_from("<H", e, 20)[0], struct.unpack_from("<H", e, 26)[0]
             size, = struct.unpack_from("<I", e, 28)
+            at = lfn_at
+            lfn, lfn_at = {}, []
             if name in (".", ".."):
                 continue
-            out.append(Entry(name, attr, (hi << 16) | lo, size))
+            out.append(Entry(name, attr, (hi << 16) | lo, size, starts[i // 32], e, at))
         return out
 
     def volume_label(self):
