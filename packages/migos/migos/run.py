@@ -20,14 +20,33 @@ def which(program):
     return shutil.which(program)
 
 
-def run(argv, check=True, input=None, timeout=None, capture=True, env=None):
-    """Run ``argv``; return ``CompletedProcess`` with text stdout/stderr. ``env``: variables
-    added to the environment."""
+def environment(changes):
+    """The process environment with ``changes`` applied (a value of None unsets it)."""
+    env = dict(os.environ)
+    for k, v in changes.items():
+        if v is None:
+            env.pop(k, None)
+        else:
+            env[k] = v
+    return env
+
+
+def error_lines(proc):
+    """The lines of a finished command's error output (its output when it wrote no errors)."""
+    text = proc.stderr or proc.stdout or ""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    return text.strip().splitlines()
+
+
+def run(argv, check=True, input=None, timeout=None, capture=True, env=None, binary=False):
+    """Run ``argv``; return ``CompletedProcess`` with text (``binary``: bytes) stdout/stderr.
+    ``env``: variables set in (None: removed from) the environment."""
     argv = [str(a) for a in argv]
     log.LOG.event("CMDLOG", "run: " + " ".join(argv), level="debug", depth=2)
     try:
-        proc = subprocess.run(argv, input=input, timeout=timeout, universal_newlines=True,
-                              env=dict(os.environ, **env) if env else None,
+        proc = subprocess.run(argv, input=input, timeout=timeout, universal_newlines=not binary,
+                              env=environment(env) if env else None,
                               stdout=subprocess.PIPE if capture else None,
                               stderr=subprocess.PIPE if capture else None)
     except FileNotFoundError:
@@ -35,7 +54,7 @@ def run(argv, check=True, input=None, timeout=None, capture=True, env=None):
     except subprocess.TimeoutExpired:
         raise CommandFailed("%s did not finish within %ss" % (argv[0], timeout))
     if check and proc.returncode != 0:
-        err = (proc.stderr or proc.stdout or "").strip().splitlines()
+        err = error_lines(proc)
         raise CommandFailed("%s failed (exit %d): %s" % (
             " ".join(argv[:3]), proc.returncode, err[-1] if err else "no output"))
     return proc

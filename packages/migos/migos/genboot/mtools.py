@@ -1,10 +1,10 @@
 """FAT access through mtools (works on block devices and image files, no mount, no vfat)."""
 
 import hashlib
-import os
 import re
-import subprocess
 import tempfile
+
+from .. import run as runmod
 
 STAGING = ".migos-staging"
 
@@ -17,13 +17,12 @@ class Fat:
     def __init__(self, path, offset):
         self.path, self.offset = path, offset
         self.image = "%s@@%d" % (path, offset)
-        self.env = dict(os.environ, MTOOLS_SKIP_CHECK="1", MTOOLS_NO_VFAT="0")
+        self.env = {"MTOOLS_SKIP_CHECK": "1", "MTOOLS_NO_VFAT": "0"}
 
     def _run(self, *argv, check=True, data=False):
-        proc = subprocess.run(list(argv), env=self.env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE)
+        proc = _run(argv, env=self.env)
         if check and proc.returncode != 0:
-            raise MtoolsError("%s failed: %s" % (argv[0], proc.stderr.decode(errors="replace").strip()))
+            raise MtoolsError("%s failed: %s" % (argv[0], " ".join(runmod.error_lines(proc))))
         return proc if data else proc.stdout.decode(errors="replace")
 
     def free_bytes(self):
@@ -63,16 +62,23 @@ def mkfs(path, start_sector, sectors, bits, label="MIGOS-BOOT"):
     """A FAT file system inside the partition at ``start_sector`` (mkfs.fat --offset)."""
     argv = ["mkfs.fat", "-F", str(bits), "-n", label, "--offset", str(start_sector), path,
             str(sectors // 2)]
-    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = _run(argv)
     if proc.returncode != 0:
-        raise MtoolsError("mkfs.fat failed: %s" % proc.stderr.decode(errors="replace").strip())
+        raise MtoolsError("mkfs.fat failed: %s" % " ".join(runmod.error_lines(proc)))
 
 
 def partition(path, start_sector, sectors):
     """One MBR partition, type 0x0c (FAT32 LBA), bootable."""
     script = "label: dos\nstart=%d, size=%d, type=c, bootable\n" % (start_sector, sectors)
-    proc = subprocess.run(["sfdisk", "--no-reread", "--no-tell-kernel", "-q", "--wipe", "always",
-                           path], input=script.encode(), stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE)
+    proc = _run(["sfdisk", "--no-reread", "--no-tell-kernel", "-q", "--wipe", "always", path],
+                input=script.encode())
     if proc.returncode != 0:
-        raise MtoolsError("sfdisk failed: %s" % proc.stderr.decode(errors="replace").strip())
+        raise MtoolsError("sfdisk failed: %s" % " ".join(runmod.error_lines(proc)))
+
+
+def _run(argv, env=None, input=None):
+    """A tool's run (bytes in and out); a missing tool is an MtoolsError like a failing one."""
+    try:
+        return runmod.run(argv, check=False, env=env, input=input, binary=True)
+    except runmod.CommandFailed as e:
+        raise MtoolsError(str(e))

@@ -24,21 +24,17 @@ class InjectError(MigosError):
 
 
 def _env():
-    env = dict(os.environ)
-    env["MTOOLS_SKIP_CHECK"] = "1"
-    env["SOURCE_DATE_EPOCH"] = env.get("MIGOS_SOURCE_DATE_EPOCH", FIXED_EPOCH)
-    env.pop("MTOOLSRC", None)
-    return env
+    """mtools' environment: no config file of the host, fixed file times."""
+    return {"MTOOLS_SKIP_CHECK": "1", "MTOOLSRC": None,
+            "SOURCE_DATE_EPOCH": os.environ.get("MIGOS_SOURCE_DATE_EPOCH", FIXED_EPOCH)}
 
 
 def _mtools(argv):
-    import subprocess
     if not runmod.which(argv[0]):
         raise InjectError("%s (mtools) is not installed" % argv[0], "install mtools")
-    proc = subprocess.run(argv, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          universal_newlines=True)
+    proc = runmod.run(argv, check=False, env=_env())
     if proc.returncode != 0:
-        err = (proc.stderr or proc.stdout or "").strip().splitlines()
+        err = runmod.error_lines(proc)
         raise InjectError("%s failed on the new resin-boot: %s" % (
             argv[0], err[-1] if err else "exit %d" % proc.returncode))
 
