@@ -13,7 +13,6 @@ is either the previous complete build or the new complete build.
 """
 
 import gzip
-import hashlib
 import io
 import json
 import os
@@ -22,18 +21,12 @@ import tarfile
 import time
 import zipfile
 
+from migos.stage1.tarball import sha256_file as sha256
+
 from . import vendor
 from .overlay import MIGOS_SRC, source_files
 
 PYZ_MAIN = "import sys\nfrom migos.cli import main\nsys.exit(main())\n"
-
-
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def tree_files(top):

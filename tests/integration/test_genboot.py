@@ -1,7 +1,6 @@
 """gen_migos-boot on disk image files and loop devices: writes, updates, --format, and
 every refusal (exit 2, one line, the target byte-for-byte unchanged)."""
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -13,14 +12,6 @@ from migos.stage1 import tarball
 from tests.conftest import MIGOS_PKG, run_migos
 
 MiB = 1024 * 1024
-
-
-def digest(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for b in iter(lambda: f.read(1 << 20), b""):
-            h.update(b)
-    return h.hexdigest()
 
 
 def fake_tarball(d, itb=b"FIT" * 1000, name="test"):
@@ -49,12 +40,12 @@ def card_files(path):
 
 def assert_refused(target, *args, words, image=None):
     image = image or target
-    before = digest(image)
+    before = tarball.sha256_file(image)
     proc = run_migos("gen-boot", *args)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and words in lines[0], proc.stderr
-    assert digest(image) == before
+    assert tarball.sha256_file(image) == before
     return lines[0]
 
 
