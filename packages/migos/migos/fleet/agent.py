@@ -37,7 +37,14 @@ def load_config(path, overrides=None):
                     "tls_key": "...", "username": "..."},
          "password_file": "/etc/migos/agent.password", "key_file": "/etc/migos/agent.key",
          "state_dir": "/var/lib/migos-agent", "log_http": "https://... (optional)",
-         "log_mqtt": true}
+         "log_mqtt": true,
+         "allow": ["diagnostic", "backup", "init", "takeover", "restore-boot", "status"],
+         "clock_floor": 1700000000, "follow": "/run/migos/events.ndjson"}
+
+    ``allow``: the commands this device accepts (default: all of signing.ALLOWED); a signed
+    command outside it is refused as ``not-allowed-here``. ``clock_floor`` (epoch seconds):
+    the agent never believes the clock is earlier (MIGOS may have no RTC and no NTP).
+    ``follow``: a file of JSON events (one a line) that the agent tails and ships.
     """
     try:
         with open(path) as f:
@@ -49,16 +56,49 @@ def load_config(path, overrides=None):
     if not isinstance(cfg, dict):
         raise ValueError("agent configuration %s is not a JSON object" % path)
     cfg.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return check_config(cfg, "agent configuration %s" % path)
+
+
+def check_config(cfg, source="the agent configuration"):
+    """Validate a configuration dict (see load_config); fill in defaults; return it."""
     for k in ("fleet", "key_file"):
         if not cfg.get(k):
-            raise ValueError("agent configuration %s lacks %r" % (path, k))
+            raise ValueError("%s lacks %r" % (source, k))
     cfg.setdefault("device", log.device_id())
     cfg.setdefault("state_dir", "/var/lib/migos-agent")
     cfg.setdefault("broker", {})
     cfg.setdefault("log_mqtt", True)
+    cfg.setdefault("allow", list(signing.ALLOWED))
     topics.check_name("fleet", cfg["fleet"])
     topics.check_name("device", cfg["device"])
+    broker = cfg["broker"]
+    if not isinstance(broker, dict):
+        raise ValueError("%s: 'broker' is not an object" % source)
+    if not isinstance(broker.get("host", "127.0.0.1"), str) or not broker.get("host", "x"):
+        raise ValueError("%s: broker 'host' is not a host name" % source)
+    port = broker.get("port", 1883)
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise ValueError("%s: broker 'port' %r is not a port number"
+                         % (source, port))
+    for k in ("key_file", "password_file", "state_dir", "follow", "log_http"):
+        if cfg.get(k) is not None and not isinstance(cfg[k], str):
+            raise ValueError("%s: %r is not a string" % (source, k))
+    allow = cfg["allow"]
+    if not isinstance(allow, list) or not all(isinstance(c, str) for c in allow):
+        raise ValueError("%s: 'allow' is not a list of command names" % source)
+    unknown = [c for c in allow if c not in signing.ALLOWED]
+    if unknown:
+        raise ValueError("%s: 'allow' names %s; the agent runs only %s"
+                         % (source, ", ".join(unknown), ", ".join(signing.ALLOWED)))
+    floor = cfg.get("clock_floor", 0)
+    if isinstance(floor, bool) or not isinstance(floor, (int, float)):
+        raise ValueError("%s: 'clock_floor' is not a number" % source)
     return cfg
+
+
+def clock(floor=0):
+    """Now, but never earlier than ``floor`` (a device without RTC boots in 1970)."""
+    return max(time.time(), float(floor or 0))
 
 
 def migos_argv():
@@ -116,6 +156,8 @@ class Agent:
         self.busy = threading.Lock()
         self.state = {"state": "idle"}
         self.refused = []        # (reason, detail), for tests and status
+        self.allow = tuple(cfg.get("allow", signing.ALLOWED))
+        self.clock_floor = float(cfg.get("clock_floor") or 0)
         self.conn = Connection(self.opts, "migos-agent-%s-%s" % (self.fleet, self.device),
                                on_message=lambda t, p: self.inbox.put(p),
                                will=(self.t_online, "0"), clean_session=False,
@@ -134,6 +176,7 @@ class Agent:
                                                max_backoff=cfg.get("log_max_backoff", 30.0))
         self._stop = threading.Event()
         self._worker = None
+        self._follower = None
 
     # -- publishing
     def _publish(self, topic_name, obj, retain=False):
@@ -158,7 +201,11 @@ class Agent:
                 env = json.loads(payload.decode() if isinstance(payload, bytes) else payload)
             except ValueError:
                 raise signing.Refused("malformed", "not JSON")
+            now = clock(self.clock_floor) if now is None else now
             signing.check(self.key, self.device, env, now=now)
+            if env["cmd"] not in self.allow:
+                raise signing.Refused("not-allowed-here", "%r is not allowed on this device "
+                                      "(allowed: %s)" % (env["cmd"], ", ".join(self.allow)))
             check_arguments(env["cmd"], env["args"])
             self.nonces.use(env["nonce"], env["expires"], now=now)
         except signing.Refused as r:
@@ -218,7 +265,35 @@ class Agent:
     def status(self):
         return {"state": self.state, "version": __version__, "fleet": self.fleet,
                 "log_pending": self.shipper.pending() if self.shipper else 0,
-                "refused": len(self.refused)}
+                "refused": len(self.refused), "allow": list(self.allow)}
+
+    def _follow(self, path):
+        """Tail ``path`` (JSON events, one a line; it may appear later) into the spool."""
+        f, partial = None, ""
+        while not self._stop.is_set():
+            if f is None:
+                try:
+                    f = open(path, "r", errors="replace")
+                except OSError:
+                    self._stop.wait(0.5)
+                    continue
+            chunk = f.read(65536)
+            if not chunk:
+                self._stop.wait(0.2)
+                continue
+            lines = (partial + chunk).split("\n")
+            partial = lines.pop()
+            for line in lines:
+                ev = None
+                if line.startswith("{"):
+                    try:
+                        ev = json.loads(line)
+                    except ValueError:
+                        pass
+                if isinstance(ev, dict) and ev.get("state") in log.STATES:
+                    self.shipper.enqueue(log.redact(ev))
+        if f is not None:
+            f.close()
 
     # -- life cycle
     def _work(self):
@@ -235,12 +310,18 @@ class Agent:
             self.shipper.install()
         self._worker = threading.Thread(target=self._work, daemon=True, name="migos-agent")
         self._worker.start()
+        if self.cfg.get("follow") and self.shipper is not None:
+            self._follower = threading.Thread(target=self._follow, args=(self.cfg["follow"],),
+                                              daemon=True, name="migos-agent-follow")
+            self._follower.start()
         return self.conn.start(wait=wait)
 
     def stop(self):
         self._stop.set()
         if self._worker:
             self._worker.join(5)
+        if self._follower:
+            self._follower.join(5)
         if self.shipper:
             self.shipper.stop(drain_timeout=1.0)
         try:
@@ -251,6 +332,11 @@ class Agent:
 
 def main(args):
     from ..errors import UsageError
+    if getattr(args, "install", False) or getattr(args, "uninstall", False):
+        from . import install
+        return install.install(args) if args.install else install.uninstall(args)
+    if not args.config:
+        raise UsageError("migos agent needs --config FILE", "give the agent configuration (JSON)")
     try:
         cfg = load_config(args.config, {"fleet": args.fleet, "device": args.device,
                                         "state_dir": args.state_dir})

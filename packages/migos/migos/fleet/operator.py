@@ -222,11 +222,22 @@ def register(sub, common_options):
                        description="Subscribe to this device's command topic and run signed, "
                        "allow-listed commands; publish progress, results and logs.")
     common_options(p)
-    p.add_argument("--config", required=True, metavar="FILE", help="agent configuration (JSON)")
+    p.add_argument("--config", metavar="FILE", help="agent configuration (JSON)")
     p.add_argument("--fleet", help="override the configuration's fleet")
     p.add_argument("--device", help="override the device id")
     p.add_argument("--state-dir", metavar="DIR", help="nonces and the log spool (override)")
     p.add_argument("--connect-timeout", type=float, default=10, metavar="S")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--install", action="store_true",
+                   help="install the agent as a systemd service (needs --config, --key-file)")
+    g.add_argument("--uninstall", action="store_true",
+                   help="stop and remove the service, its configuration and key")
+    p.add_argument("--key-file", metavar="FILE|-",
+                   help="--install: this device's key (from 'migos fleet device-key'; - reads stdin)")
+    p.add_argument("--password-file", metavar="FILE", help="--install: the MQTT password")
+    p.add_argument("--pyz", metavar="PATH",
+                   help="--install: the migos.pyz to install (default: the running one)")
+    p.add_argument("--pretend", action="store_true", help="--install/--uninstall: print the plan only")
     p.set_defaults(func=agent.main)
 
     p = sub.add_parser("fleet", help="operate a fleet: list devices, send commands, roll out",
