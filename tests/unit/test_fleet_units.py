@@ -18,7 +18,8 @@ from migos.genboot import plan
 PKG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                    "packages", "migos", "migos")
 DEVICE_SIDE = [os.path.join(PKG, "fleet", n) for n in
-               ("__init__.py", "agent.py", "logship.py", "mqtt.py", "signing.py", "topics.py")] + [
+               ("__init__.py", "agent.py", "install.py", "logship.py", "mqtt.py", "signing.py",
+                "topics.py")] + [
     os.path.join(PKG, "genboot", n) for n in ("__init__.py", "plan.py", "probe.py", "mtools.py")]
 KEY = bytes(range(32))
 

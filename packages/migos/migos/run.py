@@ -58,3 +58,17 @@ def run(argv, check=True, input=None, timeout=None, capture=True, env=None, bina
         raise CommandFailed("%s failed (exit %d): %s" % (
             " ".join(argv[:3]), proc.returncode, err[-1] if err else "no output"))
     return proc
+
+
+def spawn(argv, env=None, stdout=None, stderr=None):
+    """Start ``argv`` in the background (logged like :func:`run`); return its ``Popen``.
+    stdin is /dev/null; stdout/stderr are inherited unless given."""
+    argv = [str(a) for a in argv]
+    log.LOG.event("CMDLOG", "spawn: " + " ".join(argv), level="debug", depth=2)
+    try:
+        proc = subprocess.Popen(argv, env=environment(env) if env else None,
+                                stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr)
+    except FileNotFoundError:
+        raise CommandFailed("%s is not installed" % argv[0], "install it and try again")
+    log.LOG.event("CMDLOG", "spawned %s as pid %d" % (argv[0], proc.pid), level="debug", depth=2)
+    return proc

@@ -11,6 +11,8 @@ from . import bootdisk, logsinks, network, plan
 from .watchdog import Watchdog
 
 RUN = "/run/migos"
+AGENT_DIR = "/run/migos/agent"       # the fleet agent's files, copied from migos/agent/ (RAM)
+EVENTS = "/run/migos/events.ndjson"  # every event of the runtime and migrate, followed by the agent
 OLD_ROOT = "/run/migos/old"          # the old boot partition is mounted at OLD_ROOT/boot for restore-boot
 
 
@@ -35,6 +37,71 @@ def read_settings(disk, dest=RUN):
         files["system-connections"].append(path)
         keyfiles[name] = data.decode("utf-8", "replace")
     return settings, files, keyfiles
+
+
+def read_agent(disk, dest=AGENT_DIR):
+    """Copy migos/agent/ (the fleet agent's configuration, key, password) to RAM; return the
+    carried configuration (dict), or None when init carried no agent."""
+    from ..stage1 import agentcarry
+    names = disk.listdir(agentcarry.DIR)
+    if "agent.json" not in names:
+        return None
+    os.makedirs(dest, mode=0o700, exist_ok=True)
+    for name in names:
+        data = disk.read(agentcarry.DIR + "/" + name)
+        if data is None:
+            continue
+        fd = os.open(os.path.join(dest, name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+    with open(os.path.join(dest, "agent.json")) as f:
+        return json.load(f)
+
+
+def start_agent(carried):
+    """The fleet agent in the background: only ``status`` allowed, the migration's events
+    (EVENTS) followed to the device's status topic. Never fatal: the migration goes on."""
+    from .. import run
+    from ..stage1 import agentcarry
+    try:
+        cfg = agentcarry.runtime_config(carried, AGENT_DIR, EVENTS)
+        path = os.path.join(AGENT_DIR, "agent-migos.json")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(cfg, f)
+        proc = run.spawn([sys.executable, "-m", "migos", "agent", "--config", path])
+    except Exception as e:
+        log.event("ERROR", "the fleet agent could not be started: %s" % e)
+        return None
+    log.event("OK", "fleet agent started for %s/%s (allow-list: %s)" % (
+        cfg.get("fleet"), cfg.get("device"), ", ".join(cfg["allow"])))
+    return proc
+
+
+def stop_agent(proc, drain=3.0):
+    """Let the agent ship the last events, then stop it (SIGTERM: it drains and says offline)."""
+    if proc is None or proc.poll() is not None:
+        return
+    time.sleep(drain)
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def erase_agent_secrets(device, old_boot):
+    """The agent's key and password on the old boot FAT: zeroed, read back, deleted."""
+    from ..stage1 import agentcarry
+    try:
+        erased = agentcarry.erase_on_disk(device, old_boot)
+    except Exception as e:
+        log.event("ERROR", "could not erase the agent's key from the old boot partition: %s" % e)
+        return False
+    for p in erased:
+        log.event("OK", "erased %s from the old boot partition (clusters zeroed and read back, "
+                  "then deleted)" % p)
+    return True
 
 
 def needs_network(settings):
@@ -146,8 +213,11 @@ def main():
         subprocess.call(["reboot", "-f"])
         return 1
     settings, files, keyfiles = read_settings(disk)
+    carried = read_agent(disk)
     device, old_boot = disk.device, disk.offset
     disk.close()
+    if carried is not None:         # the agent follows every event from here on (with the backlog)
+        log.LOG.add_file(open(EVENTS, "a", buffering=1), backlog=True)
     log.event("OK", "boot disk %s, image source %s" % (device, (settings.get("image") or {}).get("source")))
     logdev = None
     if (settings.get("log") or {}).get("log_to"):
@@ -156,8 +226,9 @@ def main():
             logdev = None
     watchdog = Watchdog(stall=opts.get("stall", plan.STALL))
     watchdog.arm()
-    if needs_network(settings):
+    if needs_network(settings) or carried is not None:
         network.up(keyfiles, country=settings.get("wifi_country"))
+    agent = start_agent(carried) if carried is not None else None
     argv = plan.migrate_argv(device, settings, files)
     env = dict(os.environ)
     shipper = remote_log(settings, env)
@@ -169,7 +240,10 @@ def main():
     touched = disk_touched(device)      # resumed after a reset: the point of no return is behind us
 
     def finish(switched, rc):
+        if switched and carried is not None:
+            erase_agent_secrets(device, old_boot)
         keep_full_log(device, old_boot, settings, switched, shipper)
+        stop_agent(agent)
         if logdev is not None:
             logdev.close()
         reboot(watchdog)

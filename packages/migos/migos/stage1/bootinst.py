@@ -274,7 +274,8 @@ def install(boot, tar, extra_files, pretend=False, disk_path=None):
     write_new(boot, MANIFEST, (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode())
     # 2. MIGOS's files, each under its own name
     for rel in sorted(files):
-        mode = 0o600 if rel.startswith(MIGOS_DIR + "/system-connections/") else None
+        mode = 0o600 if rel.startswith((MIGOS_DIR + "/system-connections/",
+                                         MIGOS_DIR + "/agent/")) else None
         write_new(boot, existing_name(boot, rel) or rel, files[rel], mode=mode)
     # 3. the inert append
     cfg_path = os.path.join(boot, "config.txt")
@@ -312,6 +313,7 @@ def restore(boot, pretend=False, disk_path=None):
         # was not touched yet (the manifest is written before anything is changed).
         actions.append(("remove", MIGOS_DIR + "/", "unfinished init"))
         if not pretend:
+            _erase_secrets(boot)
             shutil.rmtree(os.path.join(boot, existing_name(boot, MIGOS_DIR)))
             _fsync_dir(boot)
         return actions
@@ -332,6 +334,10 @@ def restore(boot, pretend=False, disk_path=None):
     for rel in sorted(m["installed"]):
         if rel not in m["replaced"]:
             actions.append(("remove", rel, "installed by MIGOS"))
+    from .agentcarry import SECRETS
+    for rel in SECRETS:
+        if existing_name(boot, rel):
+            actions.append(("erase", rel, "overwritten with zeros, then deleted"))
     actions.append(("remove", MIGOS_DIR + "/", "with the backup"))
     for a in actions:
         log.info("restore-boot%s: %s %s (%s)" % (" (pretend)" if pretend else "", a[0], a[1], a[2]))
@@ -383,10 +389,18 @@ def restore(boot, pretend=False, disk_path=None):
     for leftover in os.listdir(boot):
         if leftover.endswith(TMP_SUFFIX):
             os.unlink(os.path.join(boot, leftover))
+    _erase_secrets(boot)
     shutil.rmtree(os.path.join(boot, existing_name(boot, MIGOS_DIR)))
     _fsync_dir(boot)
     log.event("SUCCESS", "the old OS's boot partition is restored")
     return actions
+
+
+def _erase_secrets(boot):
+    """The fleet agent's key and password carried for MIGOS: zeroed in place, then deleted."""
+    from . import agentcarry
+    for rel in agentcarry.erase_mounted(boot, existing_name):
+        log.event("OK", "erased %s (overwritten with zeros, then deleted)" % rel)
 
 
 def file_tree(boot):

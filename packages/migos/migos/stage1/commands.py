@@ -78,6 +78,12 @@ def _migration_options(p, takeover):
                     help="keep the stage-2 log in RAM and write it to the new data partition")
     lg.add_argument("--fallback-log-filename", default="migos-fallback.log", metavar="NAME")
     lg.add_argument("--fallback-log-dir", default="/", metavar="DIR")
+    ag = p.add_argument_group("fleet agent")
+    ag.add_argument("--agent-config", metavar="FILE",
+                    help="carry this agent configuration (and its key) into MIGOS, whose agent "
+                    "then publishes the migration's events (default: /etc/migos/agent.json "
+                    "when it exists)")
+    ag.add_argument("--no-agent", action="store_true", help="do not carry the fleet agent into MIGOS")
     _check_options(p)
     _network_options(p)
 

@@ -6,6 +6,7 @@ import os
 import stat
 import sys
 import tempfile
+import time
 import urllib.parse
 
 from .. import __version__, config as configmod, log, run
@@ -208,6 +209,8 @@ def runtime_files(args, ctx, image, slug):
     if getattr(args, "backup_cfg", None):
         from . import volumes
         files["migos/backup.tgz"] = volumes.make_archive(args.backup_cfg, args.root)
+    from . import agentcarry
+    files.update(agentcarry.files_for_init(args, time.time()))
     return files
 
 
