@@ -28,6 +28,7 @@ from .qemu import DIST, REPO
 BUILD = os.path.realpath(os.path.join(REPO, "build", "debian-arm64"))  # build/ may be a symlink
 GUEST_SERVER = "10.0.2.100"
 GUEST_PORT = 8080
+GUEST_MQTT = "10.0.2.101"            # a second forward: MQTT (port 1883) to a broker on 127.0.0.1
 
 BALENA_INIT = r"""#!/bin/sh
 export PATH=/bin
@@ -152,19 +153,26 @@ def _dhcp(keyfile_text):
     return head + "[ipv4]\nmethod=auto\n" + tail
 
 
-def old_os_disk(work, image_url, config, size_mib=4000, p1_size_mib=96, init_args=()):
+def old_os_disk(work, image_url, config, size_mib=4000, p1_size_mib=96, init_args=(), root_files=None):
     """An SD card image of a Raspberry Pi OS bookworm device (tests/os_fixtures.py) whose boot
     partition was prepared by the real ``migos init`` with the built boot tarball, to migrate
     from ``image_url``. The old OS itself boots too: kernel8.img is Debian's kernel and
     initramfs8 a tiny init printing ``OLD OS BOOTED``. The disk is a sparse 4000 MiB file, so
-    that init's disk-size check for balenaOS passes unchanged. Returns (disk, info, original
-    boot files)."""
+    that init's disk-size check for balenaOS passes unchanged. ``root_files``: {path under
+    the old root: bytes} written 0600 before init (e.g. the fleet agent's configuration and
+    key). Returns (disk, info, original boot files)."""
     import os_fixtures as fx
     from conftest import run_migos
     root = fx.make_tree(os.path.join(work, "old-root"), "bookworm")
     with open(os.path.join(root, "etc/NetworkManager/system-connections/Wired connection 1.nmconnection"),
               "w") as f:
         f.write(_dhcp(fx.NM_BOOKWORM_ETH))
+    for rel, data in (root_files or {}).items():
+        path = os.path.join(root, rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
     boot = os.path.join(root, "boot", "firmware")
     with open(os.path.join(boot, "kernel8.img"), "wb") as f:
         f.write(open(os.path.join(DIST, "vmlinuz"), "rb").read())

@@ -96,14 +96,18 @@ class Machine:
 
 def qemu_virt(kernel=None, initrd=None, append=None, bios=None, disk=None, extra=(), mem=1024, arch="arm64",
               forward=None):
-    """argv for qemu virt. ``forward=(guest_ip, guest_port, host_port)``: user-mode network restricted
-    to one forward from the guest to 127.0.0.1:host_port (nothing else is reachable)."""
+    """argv for qemu virt. ``forward=(guest_ip, guest_port, host_port)`` or a list of them:
+    user-mode network restricted to those forwards from the guest to 127.0.0.1:host_port
+    (nothing else is reachable)."""
     system, cpu = VIRT[arch]
     argv = [system, "-M", "virt", "-cpu", cpu, "-m", str(mem), "-nographic",
             "-no-reboot", "-monitor", "none", "-serial", "stdio"]
-    if forward:
-        relay = "%s %s 127.0.0.1 %d" % (sys.executable, os.path.join(REPO, "tests", "system", "relay.py"), forward[2])
-        argv += ["-netdev", "user,id=n0,restrict=on,guestfwd=tcp:%s:%d-cmd:%s" % (forward[0], forward[1], relay),
+    forwards = [forward] if isinstance(forward, tuple) else list(forward or ())
+    if forwards:
+        relay = os.path.join(REPO, "tests", "system", "relay.py")
+        fwd = ",".join("guestfwd=tcp:%s:%d-cmd:%s %s 127.0.0.1 %d" % (ip, port, sys.executable, relay, host)
+                       for ip, port, host in forwards)
+        argv += ["-netdev", "user,id=n0,restrict=on," + fwd,
                  "-device", "virtio-net-device,netdev=n0"]
     else:
         argv += ["-nic", "none"]

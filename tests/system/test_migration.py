@@ -44,8 +44,9 @@ class Rig(object):
     """One emulated device: an old-OS disk prepared by `migos init`, a synthetic balenaOS image
     (zstd) served by a local BalenaApi, and boots through the firmware logic."""
 
-    def __init__(self, work, corrupt=False, api_kw=None, init_args=()):
+    def __init__(self, work, corrupt=False, api_kw=None, init_args=(), agent=None):
         self.work = work
+        self.agent = agent           # FleetAgent: /etc/migos/agent.json + key on the old OS
         image = os.path.join(work, "balena.img")
         make_balena_image(image, DEVICE_TYPE, boot_files=pi.bootable_balena_files(work),
                           boot_mib=48, root_mib=16, state_mib=8, data_mib=8, kernel_mib=0.0625,
@@ -62,15 +63,19 @@ class Rig(object):
                        "apiEndpoint": "http://%s:%d" % (pi.GUEST_SERVER, pi.GUEST_PORT),
                        "apiKey": secrets.token_hex(16)}
         url = "http://%s:%d/files/balena.img.zst" % (pi.GUEST_SERVER, pi.GUEST_PORT)
-        self.disk, self.info, self.original = pi.old_os_disk(work, url, self.config, init_args=init_args)
+        self.disk, self.info, self.original = pi.old_os_disk(
+            work, url, self.config, init_args=init_args,
+            root_files=agent.root_files() if agent else None)
         self.api = BalenaApi(files={"balena.img.zst": self.packed}, **(api_kw or {})).start()
         self.port = int(self.api.url.rsplit(":", 1)[1])
         self.boots = 0
 
     def boot(self, name=None):
         self.boots += 1
-        argv = pi.firmware_argv(self.disk, self.work, forward=(pi.GUEST_SERVER, pi.GUEST_PORT, self.port),
-                                extra=WATCHDOG)
+        forward = [(pi.GUEST_SERVER, pi.GUEST_PORT, self.port)]
+        if self.agent:
+            forward.append((pi.GUEST_MQTT, 1883, self.agent.broker.port))
+        argv = pi.firmware_argv(self.disk, self.work, forward=forward, extra=WATCHDOG)
         return Machine(argv, os.path.join(self.work, "%s.log" % (name or "boot%d" % self.boots)))
 
     def old_p2_sha(self):
@@ -82,8 +87,77 @@ class Rig(object):
                            capture_output=True, env=dict(os.environ, MTOOLS_SKIP_CHECK="1"))
         return r.stdout if r.returncode == 0 else None
 
+    def old_p1_region(self):
+        with open(self.disk, "rb") as f:
+            f.seek(self.info["p1"][0])
+            return f.read(self.info["p1"][1])
+
     def close(self):
         self.api.stop()
+        if self.agent:
+            self.agent.close()
+
+
+class FleetAgent(object):
+    """The fleet side of a device: mosquitto on 127.0.0.1 (the guest reaches it as
+    GUEST_MQTT:1883), the fleet key, the device's agent.json + key for its old OS, and a
+    subscriber recording everything under migos/FLEET/DEVICE/."""
+
+    FLEET, DEVICE = "sysfleet", "pi-sys-1"
+
+    def __init__(self, work):
+        from migos.fleet import signing
+        from migos.fleet.mqtt import BrokerOptions, Connection
+        from tests.mqtt_broker import Broker
+        self.broker = Broker(work).start()
+        self.fleet_key = bytes.fromhex(signing.new_fleet_key())
+        self.key_hex = signing.device_key(self.fleet_key, self.DEVICE).hex()
+        self.messages = []          # (topic, payload bytes)
+        self.conn = Connection(BrokerOptions(port=self.broker.port), "test-operator",
+                               on_message=lambda t, p: self.messages.append((t, p)))
+        self.conn.subscribe("migos/%s/%s/#" % (self.FLEET, self.DEVICE))
+        assert self.conn.start(wait=10)
+
+    def root_files(self):
+        cfg = {"fleet": self.FLEET, "device": self.DEVICE, "key_file": "/etc/migos/agent.key",
+               "broker": {"host": pi.GUEST_MQTT, "port": 1883}}
+        return {"etc/migos/agent.json": json.dumps(cfg).encode(),
+                "etc/migos/agent.key": (self.key_hex + "\n").encode()}
+
+    def command(self, cmd, retain=False):
+        from migos.fleet import signing
+        env = signing.make_command(self.fleet_key, self.DEVICE, cmd, lifetime=900)
+        self.conn.publish("migos/%s/%s/cmd" % (self.FLEET, self.DEVICE), json.dumps(env),
+                          retain=retain, timeout=5)
+        return env["id"]
+
+    def status(self):
+        """Every JSON object published on the status topic so far."""
+        out = []
+        for t, p in list(self.messages):
+            if t.endswith("/status"):
+                try:
+                    out.append(json.loads(p.decode()))
+                except ValueError:
+                    pass
+        return out
+
+    def wait_status(self, pred, timeout, machine=None):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for m in self.status():
+                if pred(m):
+                    return m
+            if machine is not None:
+                assert machine.proc.poll() is None, "qemu ended; last lines:\n" + \
+                    "\n".join(machine.lines[-20:])
+            time.sleep(0.2)
+        raise AssertionError("no such status message within %ss; got types %r" % (
+            timeout, sorted({m.get("type") for m in self.status()})))
+
+    def close(self):
+        self.conn.stop()
+        self.broker.stop()
 
 
 @pytest.fixture
@@ -92,6 +166,8 @@ def rig(tmp_path):
     made = []
 
     def make(**kw):
+        if kw.pop("with_agent", False):
+            kw["agent"] = FleetAgent(str(tmp_path))
         r = Rig(str(tmp_path), **kw)
         made.append(r)
         return r
@@ -117,18 +193,47 @@ def expect_balena(r, name="balena"):
 
 
 def test_whole_migration_boots_balena(rig):
-    """The whole path, with the remote log sink set by `migos init --log-http`."""
-    r = rig(init_args=("--log-http", "http://%s:%d/logs" % (pi.GUEST_SERVER, pi.GUEST_PORT)))
+    """The whole path, with the remote log sink set by `migos init --log-http`, and the fleet
+    agent: its /etc/migos/agent.json is carried into MIGOS by init (the default), where the
+    agent publishes the migration's events on the device's status topic, refuses anything but
+    ``status`` (a signed ``diagnostic`` waits retained on its command topic) and answers a
+    ``status``; its key is zeroed and deleted from the old boot FAT on SUCCESS."""
+    r = rig(init_args=("--log-http", "http://%s:%d/logs" % (pi.GUEST_SERVER, pi.GUEST_PORT)),
+            with_agent=True)
+    agent = r.agent
+    assert r.old_p1_file("migos/agent/agent.key").strip() == agent.key_hex.encode(), \
+        "init did not carry the agent's key"
+    refused_id = agent.command("diagnostic", retain=True)
     m = r.boot()
     try:
-        migrate_to_success(m)
+        m.expect(r"^MIGOS \S+ ready$", timeout=180)
+        refused = agent.wait_status(lambda e: e.get("id") == refused_id, timeout=240, machine=m)
+        status_id = agent.command("status")
+        answer = agent.wait_status(lambda e: e.get("id") == status_id, timeout=60, machine=m)
+        m.expect(r'"state": "SUCCESS"', timeout=600)
+        assert m.wait_exit(120) == 0
     finally:
         m.kill()
+    assert refused["type"] == "refused" and refused["reason"] == "not-allowed-here", refused
+    assert answer["type"] == "result" and answer["ok"] and answer["status"]["allow"] == ["status"]
     console = "\n".join(m.lines)
     assert r.config["apiKey"] not in console, "the API key reached the console"
     assert WIFI_SECRET not in console, "the wifi passphrase reached the console"
+    assert agent.key_hex not in console, "the agent's key reached the console"
     assert "hardware watchdog armed" in console
+    assert "command refused: not-allowed-here" in console, "the refusal was not logged"
     assert '"staged": true' in console and "image verified before writing" in console
+    # the agent followed the migration's events to MQTT, up to the runtime's SUCCESS
+    shipped_mqtt = [e for msg in agent.status() if msg.get("type") == "log" for e in msg["events"]]
+    assert any(e.get("msg") == "state SWITCH" for e in shipped_mqtt), "migrate's events not on MQTT"
+    assert any(e.get("state") == "SUCCESS" and e.get("script") == "main.py" for e in shipped_mqtt)
+    assert any("erased migos/agent/agent.key" in e.get("msg", "") for e in shipped_mqtt)
+    for _, payload in agent.messages:
+        assert agent.key_hex.encode() not in payload and r.config["apiKey"].encode() not in payload
+    # the key is gone from the old boot FAT: file deleted, its bytes nowhere in the partition
+    assert r.old_p1_file("migos/agent/agent.key") is None
+    assert r.old_p1_file("migos/agent/agent.json") is not None
+    assert agent.key_hex.encode() not in r.old_p1_region(), "the key survives on the card"
     # the full stage-2 log, kept in RAM, was written to the old boot FAT at the end
     log = r.old_p1_file("migos-stage2.log")
     assert log is not None, "no stage-2 log on the old boot partition"
