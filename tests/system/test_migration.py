@@ -256,8 +256,10 @@ def test_whole_migration_boots_balena(rig):
 def test_corrupt_image_gives_the_old_os_back(rig):
     """A corrupt image is found by the verify-first pass before anything is written: MIGOS runs
     restore-boot and reboots, the firmware boots the old OS, and its root partition and boot
-    configuration are exactly what they were before `migos init`."""
-    r = rig(corrupt=True)
+    configuration are exactly what they were before `migos init`. The fleet agent was carried
+    too: restore-boot zeroes and deletes its key on the old boot FAT."""
+    r = rig(corrupt=True, with_agent=True)
+    assert r.old_p1_file("migos/agent/agent.key") is not None
     p2 = r.old_p2_sha()
     m = r.boot()
     try:
@@ -272,6 +274,9 @@ def test_corrupt_image_gives_the_old_os_back(rig):
     assert r.old_p1_file("config.txt") == r.original["config.txt"]
     log = r.old_p1_file("migos-stage2.log") or b""
     assert b"the image is corrupt" in log, "the stage-2 log was not kept for the old OS"
+    assert r.old_p1_file("migos/agent/agent.key") is None
+    assert r.agent.key_hex.encode() not in r.old_p1_region(), "the key survives on the card"
+    assert r.agent.key_hex.encode() not in log
     old = r.boot("old-os")
     try:
         got = old.expect(r"OLD OS BOOTED|^MIGOS \S+ ready$", timeout=180)
