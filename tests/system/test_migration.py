@@ -124,6 +124,19 @@ class FleetAgent(object):
         return {"etc/migos/agent.json": json.dumps(cfg).encode(),
                 "etc/migos/agent.key": (self.key_hex + "\n").encode()}
 
+    def prime_session(self):
+        """Connect once as the device's agent (same client id, persistent session, subscribed
+        to its command topic) as the agent on the old OS would have: commands sent while the
+        device is away are then queued by the broker and delivered when the agent in MIGOS
+        connects, so the test does not race the agent's start."""
+        from migos.fleet.mqtt import BrokerOptions, Connection
+        c = Connection(BrokerOptions(port=self.broker.port),
+                       "migos-agent-%s-%s" % (self.FLEET, self.DEVICE), clean_session=False)
+        c.subscribe("migos/%s/%s/cmd" % (self.FLEET, self.DEVICE))
+        assert c.start(wait=10)
+        time.sleep(0.3)
+        c.stop()
+
     def command(self, cmd, retain=False):
         from migos.fleet import signing
         env = signing.make_command(self.fleet_key, self.DEVICE, cmd, lifetime=900)
@@ -196,24 +209,26 @@ def test_whole_migration_boots_balena(rig):
     """The whole path, with the remote log sink set by `migos init --log-http`, and the fleet
     agent: its /etc/migos/agent.json is carried into MIGOS by init (the default), where the
     agent publishes the migration's events on the device's status topic, refuses anything but
-    ``status`` (a signed ``diagnostic`` waits retained on its command topic) and answers a
-    ``status``; its key is zeroed and deleted from the old boot FAT on SUCCESS."""
+    ``status`` and answers a ``status`` (both sent while the device was away, queued by the
+    broker for the agent's persistent session); its key is zeroed and deleted from the old
+    boot FAT on SUCCESS."""
     r = rig(init_args=("--log-http", "http://%s:%d/logs" % (pi.GUEST_SERVER, pi.GUEST_PORT)),
             with_agent=True)
     agent = r.agent
     assert r.old_p1_file("migos/agent/agent.key").strip() == agent.key_hex.encode(), \
         "init did not carry the agent's key"
-    refused_id = agent.command("diagnostic", retain=True)
+    agent.prime_session()
+    refused_id = agent.command("diagnostic")
+    status_id = agent.command("status")
     m = r.boot()
     try:
         m.expect(r"^MIGOS \S+ ready$", timeout=180)
-        refused = agent.wait_status(lambda e: e.get("id") == refused_id, timeout=240, machine=m)
-        status_id = agent.command("status")
-        answer = agent.wait_status(lambda e: e.get("id") == status_id, timeout=60, machine=m)
         m.expect(r'"state": "SUCCESS"', timeout=600)
         assert m.wait_exit(120) == 0
     finally:
         m.kill()
+    refused = agent.wait_status(lambda e: e.get("id") == refused_id, timeout=1)
+    answer = agent.wait_status(lambda e: e.get("id") == status_id, timeout=1)
     assert refused["type"] == "refused" and refused["reason"] == "not-allowed-here", refused
     assert answer["type"] == "result" and answer["ok"] and answer["status"]["allow"] == ["status"]
     console = "\n".join(m.lines)
