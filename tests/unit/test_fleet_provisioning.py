@@ -360,3 +360,15 @@ def test_runtime_reads_the_carried_agent_into_ram(tmp_path):
     assert carried["key_file"] == "agent.key" and carried["clock_floor"] == 5
     key = tmp_path / "b" / "agent.key"
     assert key.read_text() == KEY + "\n" and stat.S_IMODE(os.stat(key).st_mode) == 0o600
+
+
+def test_spawn_runs_in_the_background_and_is_logged():
+    from migos import log, run
+    before = len(log.LOG.memory)
+    proc = run.spawn([sys.executable, "-c", "import time; time.sleep(0.3)"])
+    assert proc.poll() is None, "spawn waited for the process"
+    assert proc.wait(10) == 0
+    logged = log.LOG.memory[before:]
+    assert any('"state": "CMDLOG"' in l and "spawn: " in l for l in logged)
+    with pytest.raises(run.CommandFailed, match="is not installed"):
+        run.spawn(["/nonexistent/program"])

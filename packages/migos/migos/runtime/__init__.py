@@ -8,7 +8,9 @@
     plan       pure decisions: migrate's command line, what an exit code means, backoff
     main       the loop: migrate, then reboot into balenaOS; before the point of no return
                a failure that cannot be retried runs restore-boot and reboots into the old
-               OS; after it, retry forever with backoff
+               OS; after it, retry forever with backoff. When `migos init` carried the
+               fleet agent (migos/agent/), it runs in the background (status only) and
+               ships every event to MQTT; its key is erased from the FAT on SUCCESS
 
 Run as ``python3 -m migos.runtime`` (by /usr/lib/migos/runtime).
 """

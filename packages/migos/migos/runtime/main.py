@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 
 from .. import log
@@ -226,9 +227,16 @@ def main():
             logdev = None
     watchdog = Watchdog(stall=opts.get("stall", plan.STALL))
     watchdog.arm()
-    if needs_network(settings) or carried is not None:
+    agent = []                          # the agent's process, once started
+    if needs_network(settings):
         network.up(keyfiles, country=settings.get("wifi_country"))
-    agent = start_agent(carried) if carried is not None else None
+        if carried is not None:
+            agent.append(start_agent(carried))
+    elif carried is not None:           # a local image: the network is for the agent only and
+        def agent_up():                 # must not delay the migration
+            network.up(keyfiles, country=settings.get("wifi_country"))
+            agent.append(start_agent(carried))
+        threading.Thread(target=agent_up, daemon=True, name="agent-network").start()
     argv = plan.migrate_argv(device, settings, files)
     env = dict(os.environ)
     shipper = remote_log(settings, env)
@@ -243,7 +251,7 @@ def main():
         if switched and carried is not None:
             erase_agent_secrets(device, old_boot)
         keep_full_log(device, old_boot, settings, switched, shipper)
-        stop_agent(agent)
+        stop_agent(agent[0] if agent else None)
         if logdev is not None:
             logdev.close()
         reboot(watchdog)
