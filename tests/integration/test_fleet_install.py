@@ -144,6 +144,13 @@ def test_install_refusals_write_nothing_and_uninstall_erases(tmp_path):
                       "--key-file", key, "--pyz", pyz, "--root", str(root))
         assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stderr
         assert not root.exists()
+    r = run_migos(*base)
+    assert r.returncode == 2 and "needs --key-file" in r.stderr and len(r.stderr.splitlines()) == 1
+    r = run_migos("agent", "--install", "--config",
+                  _write(tmp_path / "pwcfg.json", json.dumps(dict(CFG, password_file="/x"))),
+                  "--key-file", key, "--pyz", pyz, "--root", str(root))
+    assert r.returncode == 2 and "--password-file" in r.stderr, r.stderr
+    assert not root.exists()
     r = run_migos("agent", "--install", "--config", str(tmp_path / "none.json"),
                   "--key-file", key, "--pyz", pyz, "--root", str(root))
     assert r.returncode == 2 and "cannot read agent configuration" in r.stderr
