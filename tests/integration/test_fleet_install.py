@@ -78,6 +78,14 @@ def test_installed_unit_verifies_and_its_agent_answers(tmp_path, broker, pyz, ne
         v = subprocess.run([analyze, "verify", str(d / install.UNIT_NAME)],
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)
         assert v.returncode == 0 and install.UNIT_NAME not in v.stdout, v.stdout
+        here = install.systemd_version_of("/")
+        if here is not None and here < install.RESTART_STEPS_SYSTEMD:
+            # the version gate matters: this systemd does not know RestartSteps
+            (d / install.UNIT_NAME).write_text(install.unit_text(install.RESTART_STEPS_SYSTEMD))
+            v = subprocess.run([analyze, "verify", str(d / install.UNIT_NAME)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               universal_newlines=True)
+            assert "RestartSteps" in v.stdout, v.stdout
 
     argv = exec_start(root)
     assert argv[1:] == [install.PYZ, "agent", "--config", install.CONFIG]
