@@ -91,6 +91,7 @@ class Machine:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        self.reader.join(timeout=10)   # the reader writes the log until qemu's output ends
         self.log.close()
 
 
