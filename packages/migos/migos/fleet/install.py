@@ -28,6 +28,7 @@ import sys
 from .. import log, run
 from ..errors import UsageError
 from . import agent as agentmod, signing
+from ..stage1.agentcarry import zero_in_place
 
 PYZ = "/usr/local/lib/migos/migos.pyz"
 CONFIG = "/etc/migos/agent.json"
@@ -281,16 +282,9 @@ def apply(plan, root="/"):
 
 def erase_file(path):
     """Overwrite a file with zeros in place (same blocks), fsync, then delete it."""
-    try:
-        size = os.path.getsize(path)
-    except OSError:
+    if not os.path.exists(path):
         return
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        os.pwrite(fd, b"\0" * size, 0)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    zero_in_place(path)
     os.unlink(path)
 
 

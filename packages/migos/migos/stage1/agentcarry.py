@@ -198,6 +198,19 @@ def erase_on_disk(device, fs_offset):
     return [p for p, _ in plan]
 
 
+def zero_in_place(path):
+    """Overwrite a file's bytes with zeros where they are (no truncation, so the same blocks
+    or clusters) and fsync; return its size."""
+    size = os.path.getsize(path)
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.pwrite(fd, b"\0" * size, 0)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return size
+
+
 def erase_mounted(boot, existing_name):
     """restore-boot: overwrite each secret file on the mounted FAT with zeros in place (its
     clusters: same size, no truncation), fsync, read back, delete. Returns the paths."""
@@ -207,13 +220,7 @@ def erase_mounted(boot, existing_name):
         if not name:
             continue
         path = os.path.join(boot, name)
-        size = os.path.getsize(path)
-        fd = os.open(path, os.O_WRONLY)
-        try:
-            os.pwrite(fd, b"\0" * size, 0)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        size = zero_in_place(path)
         rfd = os.open(path, os.O_RDONLY)
         try:
             if _read_direct(rfd, 0, size).strip(b"\0"):
