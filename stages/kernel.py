@@ -136,14 +136,9 @@ def layout_paths(tree, layout, release):
             os.path.join(tree, "usr", "lib", "raspi-firmware"))
 
 
-def unpack_kernel(ctx):
-    t = ctx.target
-    tree = ctx.path("kernel")
-    if os.path.exists(tree):
-        shutil.rmtree(tree)
-    os.makedirs(tree)
-    for p in fetch.packages(ctx)["extract"]:
-        pipe_to_tar(p["deb"], tree)
+def select_kernels(tree, t):
+    """{flavour: {"release", "image", "modules", "file"}} of every kernel in the unpacked ``tree``;
+    fails naming the boards when a flavour they need is missing (reads the tree only)."""
     found = find_kernels(tree, t.kernel_layout)
     for flavour in needed_flavours(t):
         if flavour in found:
@@ -160,6 +155,18 @@ def unpack_kernel(ctx):
             raise BuildError("the kernel package has no modules directory for %s (%s)" % (release, modules))
         kernels[flavour] = {"release": release, "image": image, "modules": modules,
                             "file": RPI_KERNELS[flavour][0] if t.kernel_layout == "raspberrypi" else None}
+    return kernels
+
+
+def unpack_kernel(ctx):
+    t = ctx.target
+    tree = ctx.path("kernel")
+    if os.path.exists(tree):
+        shutil.rmtree(tree)
+    os.makedirs(tree)
+    for p in fetch.packages(ctx)["extract"]:
+        pipe_to_tar(p["deb"], tree)
+    kernels = select_kernels(tree, t)
     primary = kernels[t.kernel_flavour]
     _, dtbs, firmware = layout_paths(tree, t.kernel_layout, primary["release"])
     info = {"release": primary["release"], "vmlinuz": primary["image"], "modules": primary["modules"],
