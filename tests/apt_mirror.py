@@ -205,7 +205,21 @@ def raspberrypi_standins(kernel_debs, firmware_deb, out_dir, board_dtbs, dtb_fla
     the ``dtb_flavour`` kernel's upstream dtbs go to /boot under the firmware's names
     (``board_dtbs``: {firmware name: upstream name}); Debian's raspi-firmware blobs
     (``firmware_deb``) to /boot of the bootloader package. Returns both paths.
+
+    Kept in ``out_dir``/KEY/, KEY a digest of the inputs and of this code: a second call with
+    the same inputs returns the same files without rebuilding them.
     """
+    import hashlib
+    import inspect
+    import json
+    h = hashlib.sha256(json.dumps([sorted((f, os.path.basename(d)) for f, d in kernel_debs.items()),
+                                   os.path.basename(firmware_deb), sorted(board_dtbs.items()), dtb_flavour,
+                                   STANDIN_KERNELS]).encode())
+    h.update(inspect.getsource(raspberrypi_standins).encode())
+    out_dir = os.path.join(out_dir, h.hexdigest()[:16])
+    names = [os.path.join(out_dir, n + "_migostest_armhf.deb") for n in ("raspberrypi-kernel", "raspberrypi-bootloader")]
+    if all(os.path.isfile(n) for n in names):
+        return names
     os.makedirs(out_dir, exist_ok=True)
     work = tempfile.mkdtemp(dir=out_dir)
     try:
@@ -250,12 +264,11 @@ def raspberrypi_standins(kernel_debs, firmware_deb, out_dir, board_dtbs, dtb_fla
         with open(os.path.join(bpkg, "DEBIAN", "control"), "w") as f:
             f.write(_control("raspberrypi-bootloader", "1:%s+migostest" % fwversion,
                              "TEST STAND-IN: Debian raspi-firmware at Raspberry Pi bootloader paths"))
-        out = []
-        for pkg in (kpkg, bpkg):
-            deb = os.path.join(out_dir, os.path.basename(pkg) + "_migostest_armhf.deb")
-            subprocess.run(["dpkg-deb", "--root-owner-group", "-Zgzip", "-z1", "-b", pkg, deb], check=True,
-                           capture_output=True)
-            out.append(deb)
-        return out
+        for pkg, deb in zip((kpkg, bpkg), names):
+            subprocess.run(["dpkg-deb", "--root-owner-group", "-Zgzip", "-z1", "-b", pkg, deb + ".tmp"],
+                           check=True, capture_output=True)
+        for deb in names:
+            os.replace(deb + ".tmp", deb)
+        return names
     finally:
         shutil.rmtree(work, ignore_errors=True)

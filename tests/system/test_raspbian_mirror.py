@@ -90,7 +90,7 @@ def built(tmp_path_factory):
     rpi_dtbs = {b.firmware_dtb: b.upstream_dtb for b in BOARDS32}
     kernel_debs = standin_kernel_debs(STANDINS)          # Debian's archive, once; then the cache
     (firmware,) = [p["deb"] for p in fetched["extract"] if p["name"] == "raspi-firmware"]
-    standins = raspberrypi_standins(kernel_debs, firmware, str(tmp / "standins"), rpi_dtbs)
+    standins = raspberrypi_standins(kernel_debs, firmware, os.path.join(STANDINS, "debs"), rpi_dtbs)
     mirror = tmp / "mirror"
     raspbian = Archive(str(mirror / "raspbian"))
     raspbian.add("main", root, sources=uboot_src)
