@@ -115,8 +115,10 @@ def find_kernels(tree, layout):
     out = {}
     if layout == "raspberrypi":
         for flavour, (image, _) in RPI_KERNELS.items():
-            if os.path.isfile(os.path.join(tree, "boot", image)):
+            try:
                 out[flavour] = find_rpi_kernel(tree, flavour)
+            except BuildError:
+                pass           # no image, or no module directory: not a usable kernel
         return out
     for path in sorted(glob.glob(os.path.join(tree, "boot", "vmlinuz-*"))):
         m = re.match(r"^\d+\.\d+\.\d+-\d+-(.+)$", os.path.basename(path)[len("vmlinuz-"):])
@@ -144,7 +146,7 @@ def select_kernels(tree, t):
         if flavour in found:
             continue
         users = [k for k in t.boards if board_flavour(boards.BY_KEY[k], t) == flavour]
-        what = "/boot/%s" % RPI_KERNELS[flavour][0] if flavour in RPI_KERNELS else "kernel"
+        what = "/boot/%s + modules" % RPI_KERNELS[flavour][0] if flavour in RPI_KERNELS else "kernel"
         raise BuildError("no %s %s in the extract packages (needed by %s); found %s; check the target's "
                          "extract list" % (flavour, what, ", ".join(users) or "kernel_flavour",
                                            ", ".join(sorted(found)) or "none"))

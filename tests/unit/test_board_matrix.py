@@ -230,11 +230,13 @@ def test_a_missing_kernel_flavour_names_the_boards(tmp_path):
     (tmp_path / "lib" / "modules" / "6.1.21-v7+").mkdir(parents=True)
     assert sorted(kernel.find_kernels(str(tmp_path), "raspberrypi")) == ["v7"]
     t = target.load("raspbian-armhf")
-    with pytest.raises(BuildError, match=r"no v6 /boot/kernel.img in the extract packages \(needed by "
+    with pytest.raises(BuildError, match=r"no v6 /boot/kernel.img \+ modules in the extract packages \(needed by "
                                          r"rpi-b, rpi-b-plus, rpi-a, rpi-a-plus, rpi-cm1, rpi-zero, "
                                          r"rpi-zero-w\); found v7"):
         kernel.select_kernels(str(tmp_path), t)
     (tmp_path / "boot" / "kernel.img").write_bytes(b"k6")
+    with pytest.raises(BuildError, match=r"no v6 /boot/kernel.img \+ modules"):   # image without modules
+        kernel.select_kernels(str(tmp_path), t)
     (tmp_path / "boot" / "kernel7l.img").write_bytes(b"k7l")
     for rel in ("6.1.21+", "6.1.21-v7l+"):
         (tmp_path / "lib" / "modules" / rel).mkdir(parents=True)
