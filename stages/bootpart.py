@@ -4,7 +4,9 @@
     config.txt cmdline.txt               from boot/*.j2
     boot.scr                             boot/boot.cmd.j2, compiled by mkimage -T script
     migos.itb                            the FIT image
-    migos/u-boot.bin migos/cmdline.txt   what the firmware loads through os_prefix=migos/
+    migos/u-boot.bin migos/cmdline.txt   what the firmware loads through os_prefix=migos/ (kernel=u-boot.bin)
+    migos/kernel.img kernel7.img ...     or, for targets with uboot_defconfigs, one U-Boot per firmware
+                                         kernel file and no kernel= line: the firmware picks the board's
     migos/<firmware dtb name>.dtb        each board's upstream dtb under the name the firmware looks for
 
 ``plan`` (pure) lists every file and where it comes from; ``build_bootpart`` copies.
@@ -18,7 +20,7 @@ import jinja2
 
 from migos import boards
 
-from . import fit, kernel, stamp
+from . import fit, kernel, stamp, uboot
 from .target import REPO
 from .tools import run
 
@@ -39,8 +41,8 @@ def template_values(ctx):
     rpi = [boards.BY_KEY[k] for k in t.boards]
     names = [b.fit_config for b in rpi] + ([fit.VIRT_CONFIG] if t.qemu_virt else [])
     return dict(version=ctx.version, target=t.name, arch=t.arch, console=t.console,
-                default_conf=names[0],
-                rpi_confs=[(kernel.uboot_fdtfile(b, t.arch), b.fit_config) for b in rpi],
+                default_conf=names[0], kernel=t.kernel_line(),
+                rpi_confs=[(f, b.fit_config) for b in rpi for f in kernel.uboot_fdtfiles(b, t.arch)],
                 virt_conf=fit.VIRT_CONFIG if t.qemu_virt else names[0],
                 virt_cmdline=VIRT_CMDLINE[t.arch], rpi_addr=ADDR[t.arch]["rpi"],
                 virt_addr=ADDR[t.arch]["virt"], comp_addr=ADDR[t.arch]["comp"])
@@ -75,7 +77,8 @@ def build_bootpart(ctx):
     run("mkimage", "-A", "arm64" if ctx.target.arch == "arm64" else "arm", "-O", "linux", "-T", "script",
         "-C", "none", "-n", "MIGOS boot script", "-d", cmd, os.path.join(out, "boot.scr"),
         env={"SOURCE_DATE_EPOCH": str(ctx.source_date_epoch)})
-    shutil.copy(ctx.path("uboot", "u-boot.bin"), os.path.join(out, "migos", "u-boot.bin"))
+    for name in ctx.target.uboots():
+        shutil.copy(ctx.path("uboot", name), os.path.join(out, "migos", name))
     shutil.copy(ctx.path("migos.itb"), os.path.join(out, "migos.itb"))
     stamp.write(ctx.path("boot.json"), [out])
 
@@ -86,7 +89,7 @@ def tasks(ctx):
         "doc": "assemble the Raspberry Pi boot partition tree (firmware, config.txt, boot.scr, U-Boot, FIT)",
         "actions": [(build_bootpart, [ctx])],
         "file_dep": list(TEMPLATES.values()) + [__file__, ctx.path("kernel.json"), ctx.path("migos.itb"),
-                                                ctx.path("uboot", "u-boot.bin")],
+                                                ] + uboot.outputs(ctx),
         "targets": [ctx.path("boot.json")],
         "uptodate": [_config(ctx)],
         "clean": [(shutil.rmtree, [ctx.path("boot"), True])],

@@ -1,8 +1,9 @@
 """fit: kernel + initramfs + the boards' device trees into ``migos.itb`` (mkimage -f).
 
 ``render_its`` is pure: the board table (migos.boards) gives each configuration its
-name and dtb; Raspberry Pi configurations use the kernel loaded at the Pi's address,
-the qemu ``virt`` one the kernel loaded into virt's RAM. The kernel is stored gzip'd
+name, dtb and kernel flavour (one kernel image per flavour: kernel-rpi-v6, kernel-rpi-v7,
+kernel-rpi-v7l, ...); Raspberry Pi configurations use a kernel loaded at the Pi's address,
+the qemu ``virt`` one the primary kernel loaded into virt's RAM. The kernel is stored gzip'd
 (deterministic: no name, mtime 0) so U-Boot reads less from the SD card.
 """
 
@@ -28,32 +29,44 @@ VIRT_CONFIG = "qemu-virt"
 
 
 def plan(target, dtb_dir):
-    """(kernel families, configurations) for the target's boards. Pure.
+    """(kernel nodes, configurations) for the target's boards. Pure.
 
-    Every Pi board gets a configuration with its upstream dtb; ``qemu_virt`` adds one
-    without a dtb (qemu's own device tree is used).
+    Every Pi board gets a configuration with its dtb and the kernel of its flavour
+    (``kernel-rpi-FLAVOUR``: raspberrypi layout v6 / v7 / v7l by the board's firmware kernel
+    file, debian layout the target's one kernel); ``qemu_virt`` adds one without a dtb (qemu's
+    own device tree) booting the primary kernel at virt's address (``kernel-virt``).
+    Kernel nodes: [{"node", "flavour", "family"}] in configuration order.
     """
     configs = []
     for key in target.boards:
         b = boards.BY_KEY[key]
-        configs.append({"name": b.fit_config, "description": b.name, "kernel": "kernel-rpi",
+        flavour = kernel.board_flavour(b, target)
+        fit_config, kernel_file = boards.boot_plan(b, target.bits)
+        configs.append({"name": fit_config, "description": b.name, "kernel": "kernel-rpi-" + flavour,
+                        "flavour": flavour, "family": "rpi", "kernel_file": kernel_file, "board": key,
                         "dtb": os.path.join(dtb_dir, kernel.dtb_relpath(b, target))})
     if target.qemu_virt:
-        configs.append({"name": VIRT_CONFIG, "description": "qemu virt", "kernel": "kernel-virt", "dtb": None})
-    families = sorted({c["kernel"][len("kernel-"):] for c in configs})
-    return families, configs
+        configs.append({"name": VIRT_CONFIG, "description": "qemu virt", "kernel": "kernel-virt",
+                        "flavour": target.kernel_flavour, "family": "virt", "kernel_file": None,
+                        "board": None, "dtb": None})
+    nodes = []
+    for c in configs:
+        if c["kernel"] not in [n["node"] for n in nodes]:
+            nodes.append({"node": c["kernel"], "flavour": c["flavour"], "family": c["family"]})
+    return nodes, configs
 
 
-def render_its(ctx_version, target, kernel_release, kernel_gz, ramdisk, dtb_dir):
-    families, configs = plan(target, dtb_dir)
-    kernels = [{"node": "kernel-" + f, "family": f, "path": kernel_gz, "compression": "gzip",
-                "load": LOAD[f][target.arch]} for f in families]
+def render_its(ctx_version, target, kernels, ramdisk, dtb_dir):
+    """The .its text; ``kernels``: {flavour: (release, path of the gzip'd image)}."""
+    nodes, configs = plan(target, dtb_dir)
+    images = [{"node": n["node"], "family": n["family"], "flavour": n["flavour"],
+               "release": kernels[n["flavour"]][0], "path": kernels[n["flavour"]][1], "compression": "gzip",
+               "load": LOAD[n["family"]][target.arch]} for n in nodes]
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     with open(TEMPLATE) as f:
         tmpl = env.from_string(f.read())
-    return tmpl.render(version=ctx_version, target=target.name, kernels=kernels, ramdisk=ramdisk,
-                       configs=configs, default=configs[0]["name"], kernel_release=kernel_release,
-                       fit_arch=FIT_ARCH[target.arch])
+    return tmpl.render(version=ctx_version, target=target.name, kernels=images, ramdisk=ramdisk,
+                       configs=configs, default=configs[0]["name"], fit_arch=FIT_ARCH[target.arch])
 
 
 def gzip_deterministic(src, dest):
@@ -66,9 +79,12 @@ def build_fit(ctx):
     k = kernel.info(ctx)
     work = ctx.path("fit")
     os.makedirs(work, exist_ok=True)
-    kernel_gz = os.path.join(work, "Image.gz")
-    gzip_deterministic(k["vmlinuz"], kernel_gz)
-    its = render_its(ctx.version, ctx.target, k["release"], kernel_gz, ctx.path("initramfs.cpio.zst"), k["dtbs"])
+    kernels = {}
+    for flavour in k["needed"]:
+        gz = os.path.join(work, "kernel-%s.gz" % flavour)
+        gzip_deterministic(k["kernels"][flavour]["image"], gz)
+        kernels[flavour] = (k["kernels"][flavour]["release"], gz)
+    its = render_its(ctx.version, ctx.target, kernels, ctx.path("initramfs.cpio.zst"), k["dtbs"])
     with open(os.path.join(work, "migos.its"), "w") as f:
         f.write(its)
     out = ctx.path("migos.itb")

@@ -4,6 +4,10 @@ Dependencies come from the kernel's own modules.dep (made with the host's ``depm
 on the unpacked tree); modules built into the kernel (modules.builtin) need no file.
 ``plan`` is pure and unit-tested; ``build_modules`` copies the files and runs depmod on
 the selection so busybox ``modprobe`` works in the image.
+
+One module set per kernel release the boards need (kernel.json ``needed``): each kernel
+gets the target's list, less what that kernel lacks (a module may exist only in some
+flavours, e.g. virtio in the one qemu ``virt`` runs); a module no kernel has fails the build.
 """
 
 import glob
@@ -36,10 +40,11 @@ def parse_modules_dep(text):
     return table
 
 
-def plan(wanted, modules_dep, builtin):
+def plan(wanted, modules_dep, builtin, missing=None):
     """Relative paths of the .ko files to ship for ``wanted`` module names (sorted).
 
-    Raises BuildError naming a module that is neither a file nor built in.
+    Raises BuildError naming a module that is neither a file nor built in; with a list as
+    ``missing`` such modules are appended to it instead.
     """
     table = parse_modules_dep(modules_dep)
     by_path = {path: name for name, (path, _) in table.items()}
@@ -56,7 +61,9 @@ def plan(wanted, modules_dep, builtin):
         path, deps = table[key]
         chosen.add(path)
         chosen.update(deps)
-    if unknown:
+    if unknown and missing is not None:
+        missing.extend(unknown)
+    elif unknown:
         raise BuildError("kernel module%s %s not found in modules.dep or modules.builtin; fix the "
                          "target's modules list" % ("s" if len(unknown) > 1 else "", ", ".join(unknown)))
     # modules.dep lists the whole closure on each line, but be exact anyway
@@ -71,9 +78,40 @@ def plan(wanted, modules_dep, builtin):
     return sorted(chosen)
 
 
+def absent_everywhere(wanted, missing_by_release):
+    """The wanted modules that every kernel lacks (pure): those are errors, not flavour gaps."""
+    sets = [set(m) for m in missing_by_release.values()]
+    return [w for w in wanted if sets and all(w in s for s in sets)]
+
+
 def build_modules(ctx):
     info = kernel.info(ctx)
-    release, src = info["release"], info["modules"]
+    kernels = info.get("kernels") or {None: {"release": info["release"], "modules": info["modules"]}}
+    needed = info.get("needed") or list(kernels)
+    out = ctx.path("modules")
+    if os.path.exists(out):
+        shutil.rmtree(out)
+    chosen_by, missing_by = {}, {}
+    for flavour in needed:
+        release, src = kernels[flavour]["release"], kernels[flavour]["modules"]
+        missing = []
+        chosen_by[release] = copy_modules(ctx, release, src, out, missing)
+        missing_by[release] = missing
+    everywhere = absent_everywhere(ctx.target.modules, missing_by)
+    if everywhere:
+        raise BuildError("kernel module%s %s not found in any kernel's modules.dep or modules.builtin; fix "
+                         "the target's modules list" % ("s" if len(everywhere) > 1 else "", ", ".join(everywhere)))
+    blobs = firmware_files(ctx.path("kernel"), ctx.target.firmware)
+    for rel, full in blobs:
+        os.makedirs(os.path.join(out, "usr", "lib", "firmware", os.path.dirname(rel)), exist_ok=True)
+        shutil.copy(full, os.path.join(out, "usr", "lib", "firmware", rel))   # links resolved
+    stamp.write(ctx.path("modules.json"), [out], modules=chosen_by,
+                absent={r: m for r, m in missing_by.items() if m}, firmware=[r for r, _ in blobs])
+
+
+def copy_modules(ctx, release, src, out, missing):
+    """The target's modules of kernel ``release`` (module tree ``src``) into out/usr/lib/modules,
+    depmod'ed; names it lacks go to ``missing``. Returns the copied paths."""
     suffix = os.path.join("lib", "modules", release)
     if not src.endswith(suffix):
         raise BuildError("unexpected module directory %s" % src)
@@ -82,10 +120,7 @@ def build_modules(ctx):
         dep = f.read()
     with open(os.path.join(src, "modules.builtin")) as f:
         builtin = f.read()
-    chosen = plan(ctx.target.modules, dep, builtin)
-    out = ctx.path("modules")
-    if os.path.exists(out):
-        shutil.rmtree(out)
+    chosen = plan(ctx.target.modules, dep, builtin, missing=missing)
     dest = os.path.join(out, "usr", "lib", "modules", release)
     os.makedirs(dest)
     for rel in chosen:
@@ -95,11 +130,7 @@ def build_modules(ctx):
         if os.path.exists(os.path.join(src, meta)):
             shutil.copy2(os.path.join(src, meta), os.path.join(dest, meta))
     run("depmod", "-b", os.path.join(out, "usr"), release)
-    blobs = firmware_files(ctx.path("kernel"), ctx.target.firmware)
-    for rel, full in blobs:
-        os.makedirs(os.path.join(out, "usr", "lib", "firmware", os.path.dirname(rel)), exist_ok=True)
-        shutil.copy(full, os.path.join(out, "usr", "lib", "firmware", rel))   # links resolved
-    stamp.write(ctx.path("modules.json"), [out], modules=chosen, firmware=[r for r, _ in blobs])
+    return chosen
 
 
 def firmware_files(tree, globs):

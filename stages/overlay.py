@@ -91,7 +91,9 @@ def build_overlay(ctx):
     shutil.copy(UDHCPC_SRC, os.path.join(out, "usr/share/migos/udhcpc.script"))
     os.chmod(os.path.join(out, "usr/share/migos/udhcpc.script"), 0o755)
     write(os.path.join(out, "etc/migos-release"), release_text(ctx))
-    names = [os.path.basename(p)[:-3] for p in stamp.read(ctx.path("modules.json"))["modules"]]
+    # one module set per kernel release; /init loads by name, modprobe finds the running kernel's
+    per_release = stamp.read(ctx.path("modules.json"))["modules"]
+    names = {os.path.basename(p)[:-3] for paths in per_release.values() for p in paths}
     write(os.path.join(out, "usr/lib/migos/modules.load"), "\n".join(sorted(names)) + "\n")
     stamp.write(ctx.path("overlay.json"), [out], version=ctx.version)
 

@@ -12,7 +12,7 @@ import os
 import re
 import subprocess
 import tomllib
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from .tools import BuildError
 
@@ -23,6 +23,17 @@ TARGET_DIR = os.environ.get("MIGOS_TARGET_DIR", os.path.join(REPO, "multistrap")
 QEMU_USER = {"arm64": "qemu-aarch64-static", "armhf": "qemu-arm-static", "armel": "qemu-arm-static"}
 LAYOUTS = ("debian", "raspberrypi")
 ISAS = ("armv6", "armhf", "arm64")
+# U-Boot defconfigs for the Pi (Debian's u-boot 2023.01) -> the firmware kernel file they serve:
+# BCM2835 (ARMv6) at kernel.img, BCM2836/7 in 32-bit mode at kernel7.img, BCM2711 in 32-bit
+# mode at kernel7l.img (another peripheral base), 64-bit ones at kernel8.img.
+UBOOT_DEFCONFIGS = {
+    "rpi_defconfig": "kernel.img", "rpi_0_w_defconfig": "kernel.img",
+    "rpi_2_defconfig": "kernel7.img", "rpi_3_32b_defconfig": "kernel7.img",
+    "rpi_4_32b_defconfig": "kernel7l.img",
+    "rpi_3_defconfig": "kernel8.img", "rpi_4_defconfig": "kernel8.img", "rpi_arm64_defconfig": "kernel8.img",
+}
+# the U-Boot file name on the boot partition when a target has one U-Boot (config.txt kernel=)
+SINGLE_UBOOT = "u-boot.bin"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +61,8 @@ class Target:
                                       # raspberrypi layout: "v7" picks /boot/kernel7.img + *-v7+ modules
     kernel_layout: str                # "debian" or "raspberrypi" (where the kernel package puts files)
     isa: str                          # instruction set the userland needs: armv6, armhf, arm64
-    uboot_defconfig: Optional[str]
+    uboot_defconfig: Optional[str]   # one U-Boot for every board: migos/u-boot.bin, kernel=u-boot.bin
+    uboot_defconfigs: Dict[str, str]  # or one per firmware kernel file: migos/kernel*.img, no kernel=
     uboot_cross: Optional[str]
     boards: List[str]                 # keys of migos.boards, in FIT configuration order
     qemu_virt: bool                   # also a FIT configuration for qemu's virt machine
@@ -61,6 +73,20 @@ class Target:
     @property
     def qemu_user(self):
         return QEMU_USER[self.arch]
+
+    @property
+    def bits(self):
+        return 64 if self.arch == "arm64" else 32
+
+    def uboots(self):
+        """{file name under migos/: U-Boot defconfig}, in a stable order."""
+        if self.uboot_defconfig:
+            return {SINGLE_UBOOT: self.uboot_defconfig}
+        return dict(sorted(self.uboot_defconfigs.items()))
+
+    def kernel_line(self):
+        """config.txt's kernel= value: the single U-Boot, or None (the firmware picks kernel*.img)."""
+        return SINGLE_UBOOT if self.uboot_defconfig else None
 
     def settings(self):
         """Everything that, when changed, must rebuild (doit config_changed)."""
@@ -141,6 +167,7 @@ def parse(raw, where, mirror=None):
     values = dict(raw, archives=archives)
     values.pop("archive", None)
     values.setdefault("uboot_defconfig", None)
+    values.setdefault("uboot_defconfigs", {})
     values.setdefault("uboot_cross", None)
     values.setdefault("kernel_layout", "debian")
     values.setdefault("isa", raw.get("arch"))
@@ -174,7 +201,44 @@ def parse(raw, where, mirror=None):
             raise BuildError("%s: board %s cannot run %s; remove it from boards" % (where, b, target.isa))
     if not target.boards and not target.qemu_virt:
         raise BuildError("%s: no boards and qemu_virt = false; the FIT needs a configuration" % where)
+    check_uboots(target, where)
     return target
+
+
+def check_uboots(target, where):
+    """uboot_defconfig xor uboot_defconfigs; every defconfig known and at its kernel file; every
+    board's kernel file served by a U-Boot (a spare one is harmless: no board loads it)."""
+    from migos import boards
+    if target.uboot_defconfig and target.uboot_defconfigs:
+        raise BuildError("%s: both uboot_defconfig and uboot_defconfigs are set; keep one" % where)
+    if not target.uboot_defconfig and not target.uboot_defconfigs:
+        raise BuildError("%s: no uboot_defconfig or uboot_defconfigs; name the U-Boot defconfig(s)" % where)
+    if not isinstance(target.uboot_defconfigs, dict):
+        raise BuildError('%s: uboot_defconfigs must be a table like {"kernel7.img" = "rpi_2_defconfig"}' % where)
+    pairs = [(None, target.uboot_defconfig)] if target.uboot_defconfig else sorted(target.uboot_defconfigs.items())
+    for kfile, defconfig in pairs:
+        if kfile is not None and kfile not in boards.KERNEL_FILES:
+            raise BuildError("%s: uboot_defconfigs names %r, which is not a firmware kernel file; use %s" % (
+                where, kfile, ", ".join(boards.KERNEL_FILES)))
+        if defconfig not in UBOOT_DEFCONFIGS:
+            raise BuildError("%s: U-Boot defconfig %r is not a Raspberry Pi defconfig MIGOS knows; use one of %s" % (
+                where, defconfig, ", ".join(sorted(UBOOT_DEFCONFIGS))))
+        if kfile is not None and UBOOT_DEFCONFIGS[defconfig] != kfile:
+            raise BuildError("%s: uboot_defconfigs maps %s to %s, which is a U-Boot for %s" % (
+                where, kfile, defconfig, UBOOT_DEFCONFIGS[defconfig]))
+    need = boards.group_by_kernel(target.boards, target.bits)
+    if target.uboot_defconfig:
+        serves = UBOOT_DEFCONFIGS[target.uboot_defconfig]
+        for kfile, keys in need.items():
+            if kfile != serves:
+                raise BuildError("%s: boards %s boot %s, but uboot_defconfig %s is a U-Boot for %s; map each "
+                                 "kernel file to its U-Boot with uboot_defconfigs" % (
+                                     where, ", ".join(keys), kfile, target.uboot_defconfig, serves))
+    else:
+        for kfile, keys in need.items():
+            if kfile not in target.uboot_defconfigs:
+                raise BuildError("%s: boards %s boot %s but uboot_defconfigs has no U-Boot for it" % (
+                    where, ", ".join(keys), kfile))
 
 
 @dataclasses.dataclass(frozen=True)

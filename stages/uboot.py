@@ -7,12 +7,16 @@ comes through apt (deb-src of the same signed archive, hashes checked) and is ca
 under build/cache/; the build is reproducible (SOURCE_DATE_EPOCH from the source
 package's changelog, prefix-mapped paths), so its result is cached too, keyed by
 everything it depends on (build/cache/u-boot-builds/KEY/u-boot.bin, shared by targets), like ccache.
-Output: build/NAME/uboot/u-boot.bin.
+
+A target has one U-Boot (``uboot_defconfig``: build/NAME/uboot/u-boot.bin) or one per
+firmware kernel file (``uboot_defconfigs``: build/NAME/uboot/kernel.img, kernel7.img,
+kernel7l.img), each built and cached on its own.
 """
 
 import email.utils
 import glob
 import hashlib
+import inspect
 import os
 import shutil
 
@@ -64,17 +68,17 @@ def download_source(ctx):
     return dscs[-1]
 
 
-def cache_key(dsc, t):
+def cache_key(dsc, t, defconfig):
     """What u-boot.bin depends on: the source (the .dsc pins every file's hash), defconfig, cross
-    compiler and its version, config fragments, this recipe. Pure but for reading files."""
+    compiler and its version, config fragments, the recipe (compile_uboot's code, so that other
+    changes to this module keep the cache). Pure but for reading files."""
     h = hashlib.sha256()
     with open(dsc, "rb") as f:
         h.update(f.read())
     compiler = run(t.uboot_cross + "gcc", "--version", quiet=True).splitlines()[0]
-    for part in (t.uboot_defconfig, t.uboot_cross, compiler, "\n".join(fragment_lines(t.arch))):
+    for part in (defconfig, t.uboot_cross, compiler, "\n".join(fragment_lines(t.arch)),
+                 inspect.getsource(compile_uboot), inspect.getsource(changelog_epoch)):
         h.update(b"\0" + part.encode())
-    with open(__file__, "rb") as f:
-        h.update(f.read())
     return h.hexdigest()[:32]
 
 
@@ -85,7 +89,7 @@ def changelog_epoch(src):
     return int(email.utils.parsedate_to_datetime(block.date).timestamp())
 
 
-def compile_uboot(ctx, dsc, dest):
+def compile_uboot(ctx, dsc, defconfig, dest):
     t = ctx.target
     work = ctx.path("uboot", "work")
     if os.path.exists(work):
@@ -96,7 +100,7 @@ def compile_uboot(ctx, dsc, dest):
     make = ["-C", src, "O=" + out, "CROSS_COMPILE=" + t.uboot_cross, "-j%d" % (os.cpu_count() or 2),
             "KCFLAGS=-ffile-prefix-map=%s=. -ffile-prefix-map=%s=." % (src, out)]
     env = {"SOURCE_DATE_EPOCH": str(changelog_epoch(src)), "LC_ALL": "C", "TZ": "UTC"}
-    run("make", *make, t.uboot_defconfig, env=env, log_file=ctx.path("uboot.log"))
+    run("make", *make, defconfig, env=env, log_file=ctx.path("uboot.log"))
     with open(os.path.join(out, ".config"), "a") as f:
         f.write("\n".join(fragment_lines(t.arch)) + "\n")
     run("make", *make, "olddefconfig", env=env, log_file=ctx.path("uboot.log"))
@@ -112,21 +116,28 @@ def compile_uboot(ctx, dsc, dest):
 
 
 def build_uboot(ctx):
-    """U-Boot from the cache when the same source, config and recipe built it before; else compile."""
+    """Each U-Boot from the cache when the same source, config and recipe built it before; else compile."""
     t = ctx.target
-    if not t.uboot_defconfig:
-        raise BuildError("target %s has no uboot_defconfig" % t.name)
     dsc = download_source(ctx)
-    # shared by every target whose archives carry the same source (Raspbian rebuilds Debian's)
-    cached = os.path.join(os.path.dirname(ctx.cache), "u-boot-builds", cache_key(dsc, t), "u-boot.bin")
-    if not os.path.exists(cached):
-        os.makedirs(os.path.dirname(cached), exist_ok=True)
-        compile_uboot(ctx, dsc, cached + ".tmp")
-        os.replace(cached + ".tmp", cached)
     os.makedirs(ctx.path("uboot"), exist_ok=True)
-    shutil.copy(cached, ctx.path("uboot", "u-boot.bin"))
+    lines = [os.path.basename(dsc)]
+    for name, defconfig in t.uboots().items():
+        # shared by every target whose archives carry the same source (Raspbian rebuilds Debian's)
+        key = cache_key(dsc, t, defconfig)
+        cached = os.path.join(os.path.dirname(ctx.cache), "u-boot-builds", key, "u-boot.bin")
+        if not os.path.exists(cached):
+            os.makedirs(os.path.dirname(cached), exist_ok=True)
+            compile_uboot(ctx, dsc, defconfig, cached + ".tmp")
+            os.replace(cached + ".tmp", cached)
+        shutil.copy(cached, ctx.path("uboot", name))
+        lines.append("%s %s %s" % (name, defconfig, key))
     with open(ctx.path("uboot", "source.txt"), "w") as f:
-        f.write(os.path.basename(dsc) + "\n")
+        f.write("\n".join(lines) + "\n")
+
+
+def outputs(ctx):
+    """build/NAME/uboot/FILE for every U-Boot of the target."""
+    return [ctx.path("uboot", name) for name in ctx.target.uboots()]
 
 
 def tasks(ctx):
@@ -135,7 +146,7 @@ def tasks(ctx):
         "doc": "build U-Boot for the Pi from Debian's u-boot source with FIT verification",
         "actions": [(build_uboot, [ctx])],
         "file_dep": fragments(ctx.target.arch) + [__file__],
-        "targets": [ctx.path("uboot", "u-boot.bin")],
+        "targets": outputs(ctx),
         "uptodate": [_config(ctx)],
         "clean": [(shutil.rmtree, [ctx.path("uboot"), True])],
     }
@@ -144,5 +155,5 @@ def tasks(ctx):
 def _config(ctx):
     from doit.tools import config_changed
     t = ctx.target
-    return config_changed({"defconfig": t.uboot_defconfig, "cross": t.uboot_cross,
+    return config_changed({"defconfigs": t.uboots(), "cross": t.uboot_cross,
                            "archives": [a.__dict__ for a in t.archives]})

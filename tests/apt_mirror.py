@@ -5,12 +5,15 @@ committed); ``Archive`` lays out ``pool/`` and ``dists/SUITE/`` from a list of .
 (and optionally source packages), writes Packages/Sources/Release with apt-ftparchive
 and signs InRelease with a ``Key``; ``serve`` publishes directories under URL prefixes
 on 127.0.0.1 only. ``raspberrypi_standins`` builds the two stand-in packages described
-in tests/system/test_raspbian_mirror.py.
+in tests/system/test_raspbian_mirror.py, from Debian kernels ``standin_kernel_debs``
+downloads once (the only network access of the test suite outside 127.0.0.1: Debian's
+archive, signatures checked, cached under build/cache/standins/).
 """
 
 import glob
 import http.server
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -129,62 +132,143 @@ def _unpack(deb, dest):
     subprocess.run(["dpkg-deb", "-x", deb, dest], check=True)
 
 
-def raspberrypi_standins(debian_archives, out_dir, board_dtbs, flavour_image="kernel7.img",
-                         flavour_suffix="-v7+"):
-    """Build stand-in ``raspberrypi-kernel`` and ``raspberrypi-bootloader`` .debs.
+# Stand-in kernels from Debian's archive (see tests/system/test_raspbian_mirror.py), one per
+# Raspberry Pi kernel file: flavour -> (Debian architecture, metapackage, /boot image, module suffix)
+STANDIN_KERNELS = {
+    "v6": ("armel", "linux-image-rpi", "kernel.img", "+"),          # ARMv6, BCM2835 (Pi 1 / Zero)
+    "v7": ("armhf", "linux-image-armmp", "kernel7.img", "-v7+"),     # ARMv7 (Pi 2 / 3)
+    "v7l": ("armhf", "linux-image-armmp-lpae", "kernel7l.img", "-v7l+"),  # ARMv7 + LPAE (Pi 4)
+}
+DEBIAN_URL = "http://deb.debian.org/debian"
+DEBIAN_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 
-    From Debian's cached armhf ``linux-image-*-armmp`` and ``raspi-firmware``: the armmp
-    vmlinuz as /boot/``flavour_image``, its upstream dtbs under the firmware's names
-    (``board_dtbs``: {firmware name: upstream name}) in /boot, its modules as
-    /lib/modules/RELEASE``flavour_suffix``; the firmware blobs in /boot. Returns both paths.
+
+def debian_debs(cache, arch, packages):
+    """Download ``packages`` (and what they depend on) for ``arch`` from Debian's archive with the
+    build's own apt machinery (private config, Debian's keyring, signatures checked) into
+    ``cache/ARCH/archives``; {package name: .deb path} of the resolved set. A cached result is
+    reused without touching the network."""
+    import json
+    from types import SimpleNamespace
+
+    from stages import fetch, target
+    base = os.path.join(os.path.abspath(cache), arch)
+    index = os.path.join(base, "debs-%s.json" % "+".join(sorted(packages)))
+    archives = os.path.join(base, "archives")
+    if os.path.exists(index):
+        with open(index) as f:
+            got = {n: os.path.join(archives, p) for n, p in json.load(f).items()}
+        if all(os.path.isfile(p) for p in got.values()):
+            return got
+    t = SimpleNamespace(arch=arch, archives=[target.Archive(
+        name="debian", url=DEBIAN_URL, suite="bookworm", components=["main"], keyring=DEBIAN_KEYRING)])
+    dirs = {"base": os.path.join(base, "apt"), "conf": os.path.join(base, "apt", "apt.conf"),
+            "sources": os.path.join(base, "apt", "sources.list"), "status": os.path.join(base, "apt", "status"),
+            "archives": os.path.join(base, "archives"), "lists": os.path.join(base, "lists")}
+    for d in (os.path.join(dirs["archives"], "partial"), os.path.join(dirs["lists"], "partial"),
+              os.path.join(dirs["base"], "cache"), os.path.join(dirs["base"], "state")):
+        os.makedirs(d, exist_ok=True)
+    with open(dirs["conf"], "w") as f:
+        f.write(fetch.apt_config(t, dirs))
+    with open(dirs["sources"], "w") as f:
+        f.write(fetch.sources_list(t, keyrings=fetch.install_keyrings(t, dirs["base"])))
+    open(dirs["status"], "w").close()
+    fetch.apt(dirs, "update", "--error-on=any")
+    resolved = fetch.resolve(dirs, list(packages))
+    fetch.apt(dirs, "install", "-y", "--download-only", *packages)
+    got = {name: os.path.join(dirs["archives"], fetch.deb_filename(name, version, a))
+           for name, version, a in resolved}
+    with open(index, "w") as f:
+        json.dump({n: os.path.basename(p) for n, p in got.items()}, f, indent=1, sort_keys=True)
+    return got
+
+
+def standin_kernel_debs(cache):
+    """{flavour: the linux-image-VERSION-FLAVOUR .deb} of every stand-in kernel (downloaded once)."""
+    out = {}
+    for flavour, (arch, meta, _, _) in STANDIN_KERNELS.items():
+        debs = debian_debs(cache, arch, [meta])
+        suffix = meta[len("linux-image-"):]
+        real = [p for n, p in debs.items() if re.match(r"^linux-image-\d+\.\d+\.\d+-\d+-%s$" % re.escape(suffix), n)]
+        if len(real) != 1:
+            raise RuntimeError("%s for %s resolved to %s, not one kernel package" % (meta, arch, sorted(debs)))
+        out[flavour] = real[0]
+    return out
+
+
+def raspberrypi_standins(kernel_debs, firmware_deb, out_dir, board_dtbs, dtb_flavour="v7"):
+    """Build stand-in ``raspberrypi-kernel`` and ``raspberrypi-bootloader`` .debs (armhf).
+
+    ``kernel_debs``: {flavour (v6, v7, v7l): a Debian linux-image-*.deb}. Each kernel goes to
+    /boot/kernel.img, kernel7.img or kernel7l.img and its modules to /lib/modules/RELEASE+,
+    RELEASE-v7+, RELEASE-v7l+ (the v6 one named UPSTREAM_VERSION+, as Raspberry Pi's are);
+    the ``dtb_flavour`` kernel's upstream dtbs go to /boot under the firmware's names
+    (``board_dtbs``: {firmware name: upstream name}); Debian's raspi-firmware blobs
+    (``firmware_deb``) to /boot of the bootloader package. Returns both paths.
+
+    Kept in ``out_dir``/KEY/, KEY a digest of the inputs and of this code: a second call with
+    the same inputs returns the same files without rebuilding them.
     """
-    kernels = sorted(glob.glob(os.path.join(debian_archives, "linux-image-*-armmp_*_armhf.deb")))
-    firmware = sorted(glob.glob(os.path.join(debian_archives, "raspi-firmware_*.deb")))
-    if not kernels or not firmware:
-        raise RuntimeError("no linux-image-*-armmp / raspi-firmware .deb in %s; build debian-armhf first "
-                           "(doit build target=debian-armhf)" % debian_archives)
+    import hashlib
+    import inspect
+    import json
+    h = hashlib.sha256(json.dumps([sorted((f, os.path.basename(d)) for f, d in kernel_debs.items()),
+                                   os.path.basename(firmware_deb), sorted(board_dtbs.items()), dtb_flavour,
+                                   STANDIN_KERNELS]).encode())
+    h.update(inspect.getsource(raspberrypi_standins).encode())
+    out_dir = os.path.join(out_dir, h.hexdigest()[:16])
+    names = [os.path.join(out_dir, n + "_migostest_armhf.deb") for n in ("raspberrypi-kernel", "raspberrypi-bootloader")]
+    if all(os.path.isfile(n) for n in names):
+        return names
     os.makedirs(out_dir, exist_ok=True)
     work = tempfile.mkdtemp(dir=out_dir)
     try:
-        src = os.path.join(work, "src")
-        _unpack(kernels[-1], src)
-        _unpack(firmware[-1], src)
-        (vmlinuz,) = glob.glob(os.path.join(src, "boot", "vmlinuz-*-armmp"))
-        release = os.path.basename(vmlinuz)[len("vmlinuz-"):]
-        kversion = debfile.DebFile(kernels[-1]).debcontrol()["Version"]
-
         kpkg = os.path.join(work, "raspberrypi-kernel")
         os.makedirs(os.path.join(kpkg, "DEBIAN"))
         os.makedirs(os.path.join(kpkg, "boot"))
-        shutil.copy(vmlinuz, os.path.join(kpkg, "boot", flavour_image))
-        dtb_dir = os.path.join(src, "usr", "lib", "linux-image-" + release)
-        for fw_name, upstream in sorted(board_dtbs.items()):
-            shutil.copy(os.path.join(dtb_dir, os.path.basename(upstream)), os.path.join(kpkg, "boot", fw_name))
-        mods = os.path.join(src, "lib", "modules", release)
-        if not os.path.isdir(mods):
-            mods = os.path.join(src, "usr", "lib", "modules", release)
-        shutil.copytree(mods, os.path.join(kpkg, "lib", "modules", release + flavour_suffix), symlinks=True)
+        versions = []
+        for flavour, deb in sorted(kernel_debs.items()):
+            _, _, image, suffix = STANDIN_KERNELS[flavour]
+            src = os.path.join(work, "src-" + flavour)
+            _unpack(deb, src)
+            (vmlinuz,) = glob.glob(os.path.join(src, "boot", "vmlinuz-*"))
+            release = os.path.basename(vmlinuz)[len("vmlinuz-"):]
+            version = debfile.DebFile(deb).debcontrol()["Version"]
+            versions.append("%s=%s" % (flavour, version))
+            shutil.copy(vmlinuz, os.path.join(kpkg, "boot", image))
+            mods = os.path.join(src, "lib", "modules", release)
+            if not os.path.isdir(mods):
+                mods = os.path.join(src, "usr", "lib", "modules", release)
+            name = (version.split("-")[0] + "+") if suffix == "+" else release + suffix
+            shutil.copytree(mods, os.path.join(kpkg, "lib", "modules", name), symlinks=True)
+            if flavour == dtb_flavour:
+                dtb_dir = os.path.join(src, "usr", "lib", "linux-image-" + release)
+                for fw_name, upstream in sorted(board_dtbs.items()):
+                    shutil.copy(os.path.join(dtb_dir, os.path.basename(upstream)),
+                                os.path.join(kpkg, "boot", fw_name))
+            shutil.rmtree(src)
         with open(os.path.join(kpkg, "DEBIAN", "control"), "w") as f:
-            f.write(_control("raspberrypi-kernel", "1:%s+migostest" % kversion,
-                             "TEST STAND-IN: Debian armmp kernel at Raspberry Pi kernel paths"))
+            f.write(_control("raspberrypi-kernel", "1:1.%s+migostest" % versions[0].split("=")[1].replace("-", "."),
+                             "TEST STAND-IN: Debian kernels (%s) at Raspberry Pi kernel paths" % ", ".join(versions)))
 
         bpkg = os.path.join(work, "raspberrypi-bootloader")
         os.makedirs(os.path.join(bpkg, "DEBIAN"))
         os.makedirs(os.path.join(bpkg, "boot"))
+        src = os.path.join(work, "src-firmware")
+        _unpack(firmware_deb, src)
         fw_dir = os.path.join(src, "usr", "lib", "raspi-firmware")
         for pattern in ("bootcode.bin", "start*.elf", "fixup*.dat"):
             for p in glob.glob(os.path.join(fw_dir, pattern)):
                 shutil.copy(p, os.path.join(bpkg, "boot", os.path.basename(p)))
-        fwversion = debfile.DebFile(firmware[-1]).debcontrol()["Version"]
+        fwversion = debfile.DebFile(firmware_deb).debcontrol()["Version"]
         with open(os.path.join(bpkg, "DEBIAN", "control"), "w") as f:
             f.write(_control("raspberrypi-bootloader", "1:%s+migostest" % fwversion,
                              "TEST STAND-IN: Debian raspi-firmware at Raspberry Pi bootloader paths"))
-        out = []
-        for pkg in (kpkg, bpkg):
-            deb = os.path.join(out_dir, os.path.basename(pkg) + "_migostest_armhf.deb")
-            subprocess.run(["dpkg-deb", "--root-owner-group", "-Zgzip", "-z1", "-b", pkg, deb], check=True,
-                           capture_output=True)
-            out.append(deb)
-        return out
+        for pkg, deb in zip((kpkg, bpkg), names):
+            subprocess.run(["dpkg-deb", "--root-owner-group", "-Zgzip", "-z1", "-b", pkg, deb + ".tmp"],
+                           check=True, capture_output=True)
+        for deb in names:
+            os.replace(deb + ".tmp", deb)
+        return names
     finally:
         shutil.rmtree(work, ignore_errors=True)

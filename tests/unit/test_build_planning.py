@@ -148,7 +148,7 @@ def test_elf_check_names_missing_library(tmp_path):
 # --- FIT and boot partition ----------------------------------------------------------
 
 def test_its_has_one_configuration_per_board_and_hashes():
-    its = fit.render_its("1.0", TARGET, "6.1.0-50-arm64", "/k/Image.gz", "/r/initramfs.cpio.zst", "/dtbs")
+    its = fit.render_its("1.0", TARGET, {"arm64": ("6.1.0-50-arm64", "/k/Image.gz")}, "/r/initramfs.cpio.zst", "/dtbs")
     from migos import boards
     for key in TARGET.boards:
         b = boards.BY_KEY[key]
@@ -176,7 +176,7 @@ def test_its_compiles_with_dtc(tmp_path):
     for key in TARGET.boards:
         (dtbs / boards.BY_KEY[key].upstream_dtb).parent.mkdir(exist_ok=True)
         (dtbs / boards.BY_KEY[key].upstream_dtb).write_bytes(b"d" * 8)
-    its = fit.render_its("1.0", TARGET, "6.1", str(tmp_path / "Image.gz"), str(tmp_path / "initramfs"), str(dtbs))
+    its = fit.render_its("1.0", TARGET, {"arm64": ("6.1", str(tmp_path / "Image.gz"))}, str(tmp_path / "initramfs"), str(dtbs))
     (tmp_path / "m.its").write_text(its)
     subprocess.run(["dtc", "-I", "dts", "-O", "dtb", "-o", str(tmp_path / "m.dtb"), str(tmp_path / "m.its")],
                    check=True, capture_output=True)

@@ -115,7 +115,7 @@ def test_dtb_paths_per_layout_and_arch():
 
 def test_armhf_fit_and_boot_script(tmp_path):
     t = target.load("debian-armhf")
-    its = fit.render_its("1.0", t, "6.1.0-1-armmp", "/k/z.gz", "/r/i", "/dtbs")
+    its = fit.render_its("1.0", t, {"armmp": ("6.1.0-1-armmp", "/k/z.gz")}, "/r/i", "/dtbs")
     assert 'arch = "arm";' in its and "load = <0x00008000>" in its and "load = <0x40008000>" in its
     assert '/incbin/("/dtbs/bcm2836-rpi-2-b.dtb")' in its
     files = bootpart.plan(t, ["/fw/start.elf"], "/dtbs")

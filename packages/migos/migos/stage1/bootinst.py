@@ -18,7 +18,10 @@ settings live in:
    size does not change, so no FAT, directory size or cluster chain is touched: the
    switch is one sector write. Before it lands the old OS boots; after it, the MIGOS
    settings (the last ones in the file, after an ``[all]`` that ends any filter of the
-   old OS) win, and the firmware loads ``migos/u-boot.bin``.
+   old OS) win, and the firmware loads ``migos/u-boot.bin`` (``kernel=u-boot.bin``,
+   64-bit builds) or, in 32-bit builds that set no ``kernel=``, the board's own default
+   file under migos/ (kernel.img, kernel7.img, kernel7l.img: one U-Boot each). An old
+   ``kernel=`` line would outlive the block, so init refuses a 32-bit MIGOS then.
 
 ``restore-boot`` runs the same in reverse: ``[all]\\n`` back to ``[none]`` (one sector;
 the old OS boots from then on), truncate to the old length (the old bytes were never
@@ -34,7 +37,7 @@ import shutil
 
 from .. import __version__, log
 from ..errors import MigosError, UsageError
-from .tarball import sha256_file
+from .tarball import config_kernel, sha256_file
 
 MIGOS_DIR = "migos"
 BACKUP_DIR = "migos/backup"
@@ -222,6 +225,14 @@ def plan_init(boot, tar, extra_files):
     if BLOCK_BEGIN in old_cfg:
         raise BootStateError("config.txt already holds a MIGOS block",
                              "run 'migos restore-boot' first")
+    if config_kernel(tar.migos_config) is None:
+        from .checks import kernel_lines
+        old_kernel = kernel_lines(old_cfg.decode("utf-8", "replace"))
+        if old_kernel:
+            # MIGOS's block cannot unset it: the firmware would look for migos/<that name>
+            raise BootStateError("config.txt line %d sets kernel=%s, which would stop the firmware "
+                                 "from picking this 32-bit MIGOS's migos/kernel*.img"
+                                 % old_kernel[0], "comment that line out, then run migos init again")
     files = dict(tar.install_files())
     files.update(extra_files)
     for rel in sorted(files):

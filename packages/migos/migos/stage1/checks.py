@@ -5,7 +5,7 @@ import os
 
 from .. import boards, log
 from ..errors import UsageError
-from . import api, disk, netconf, osinfo
+from . import api, bootcfg, disk, netconf, osinfo
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skipped"
 MIN_RAM_KIB = 300 * 1024
@@ -76,8 +76,13 @@ def check_os(ctx):
 
 def check_board(ctx):
     if ctx.board is not None:
-        return Check("board", OK, "%s (%s)" % (ctx.board.name, ctx.model), key=ctx.board.key,
-                     model=ctx.model, device_types=list(boards.device_types(ctx.board)))
+        b = ctx.board
+        bits = 64 if ctx.arch == "arm64" else 32
+        fit_config, kernel_file = boards.boot_plan(b, bits)
+        return Check("board", OK, "%s (%s): MIGOS boots FIT configuration %s, firmware kernel file %s"
+                     % (b.name, ctx.model, fit_config, kernel_file or "none (no %d-bit boot)" % bits),
+                     key=b.key, model=ctx.model, device_types=list(boards.device_types(b)),
+                     fit_config=fit_config, kernel_file=kernel_file, kernel32=b.kernel32)
     st = SKIP if _off(ctx.args, "dt") else FAIL
     what = "no device-tree model (not a Raspberry Pi?)" if ctx.model is None \
         else "unknown board %r" % ctx.model
@@ -148,6 +153,41 @@ def check_boot_space(ctx):
                      free=free, need=need)
     return Check("boot-space", OK, "%.1f MiB free, %.1f MiB needed" % (free / 2**20, need / 2**20),
                  free=free, need=need)
+
+
+def kernel_lines(text):
+    """[(line number, value)] of every ``kernel=`` line in config.txt ``text``, whatever its
+    filter section (a conservative reading: the firmware may apply any of them). Pure."""
+    out = []
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        key, sep, value = line.partition("=")
+        if sep and key.strip() == "kernel":
+            out.append((n, value.strip()))
+    return out
+
+
+def check_boot_kernel(ctx):
+    """An old ``kernel=`` line outlives MIGOS's settings: 32-bit MIGOS builds set none (the
+    firmware picks migos/kernel.img, kernel7.img or kernel7l.img by board), so the firmware
+    would look for migos/<old name> and boot nothing. 64-bit builds set kernel=u-boot.bin."""
+    if ctx.boot is None:
+        return Check("boot-kernel", SKIP, "no boot partition")
+    try:
+        with open(os.path.join(ctx.boot, "config.txt"), encoding="utf-8", errors="replace") as f:
+            text = f.read()
+    except OSError:
+        return Check("boot-kernel", OK, "no config.txt: the firmware picks the kernel file")
+    lines = kernel_lines(text)
+    if not lines:
+        return Check("boot-kernel", OK, "config.txt names no kernel file: the firmware picks it")
+    applies = bootcfg.effective(text, ctx.board.key if ctx.board else None).get("kernel")
+    return Check("boot-kernel", WARN, "config.txt line %d sets kernel=%s%s: a 32-bit MIGOS boot "
+                 "partition relies on the firmware's own choice of migos/kernel*.img and would not boot "
+                 "(migos init refuses it); comment the line out for a 32-bit MIGOS (64-bit MIGOS sets "
+                 "its own kernel=)" % (lines[0][0], lines[0][1],
+                                       "" if applies else " (in a section that may not apply here)"),
+                 lines=[{"line": n, "kernel": v} for n, v in lines])
 
 
 def check_ram(ctx):
@@ -251,7 +291,7 @@ def check_hostname(ctx):
 
 
 ALL = (check_os, check_board, check_device_type, check_config, check_disk, check_boot_space,
-       check_ram, check_route, check_dns, check_api, check_vpn, check_network_config,
+       check_boot_kernel, check_ram, check_route, check_dns, check_api, check_vpn, check_network_config,
        check_hostname)
 
 

@@ -11,7 +11,28 @@ from ..errors import UsageError
 
 # Files the firmware needs on a fresh card only; init never replaces the old OS's.
 FIRMWARE_ONLY = re.compile(r"^(bootcode\.bin|start[^/]*\.elf|fixup[^/]*\.dat|cmdline\.txt|config\.txt)$")
-REQUIRED = ("boot.scr", "migos.itb", "config.txt", "migos/u-boot.bin", "migos/cmdline.txt")
+REQUIRED = ("boot.scr", "migos.itb", "config.txt", "migos/cmdline.txt")
+# 32-bit builds carry one U-Boot per firmware kernel file (the firmware picks the file itself)
+FIRMWARE_KERNELS = ("kernel.img", "kernel7.img", "kernel7l.img", "kernel8.img")
+
+
+def config_kernel(cfg):
+    """The ``kernel=`` value of a MIGOS config.txt (one without filters), or None. Pure."""
+    value = None
+    for line in cfg.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line.startswith("kernel="):
+            value = line[len("kernel="):].strip()
+    return value
+
+
+def boot_loaders(files, cfg):
+    """The U-Boot files under migos/ the firmware will load: ``kernel=NAME`` names one;
+    without it the firmware picks migos/kernel*.img by board. [] when they are missing. Pure."""
+    name = config_kernel(cfg)
+    if name:
+        return ["migos/" + name] if "migos/" + name in files else []
+    return ["migos/" + k for k in FIRMWARE_KERNELS if "migos/" + k in files]
 
 
 def sha256_file(path):
@@ -109,6 +130,11 @@ def load(path, check_sums=True):
     cfg = cfg_bytes.decode("utf-8", "replace")
     if not re.search(r"^\s*os_prefix=migos/\s*$", cfg, re.M):
         raise UsageError("%s: config.txt does not set os_prefix=migos/" % path,
+                         "use a tarball from a MIGOS build")
+    if not boot_loaders(files, cfg):
+        name = config_kernel(cfg)
+        raise UsageError("%s lacks %s" % (path, "migos/" + name if name else
+                                          "a U-Boot as migos/kernel*.img (its config.txt has no kernel=)"),
                          "use a tarball from a MIGOS build")
     return BootTarball(files, os.path.basename(path))
 
