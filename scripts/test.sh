@@ -2,9 +2,11 @@
 # Run every test tier: unit (no root), integration (root: loop devices, local HTTP servers),
 # system (qemu boots of the built artefacts). Installs what it needs and builds first.
 #
-# Without arguments the system tier (one qemu at a time, one core) runs next to the unit and
-# integration tiers (the other core), each in its own temporary directory; the second's output
-# follows the first's. With arguments, pytest runs once with them over all tiers.
+# Without arguments two streams run side by side, one per core, each pytest in its own
+# temporary directory: the migration system tests (qemu, the longest: the power-cut chain) on
+# one; unit, integration, then the other system tests (boots, the raspbian mirror) on the
+# other. The second stream's output follows the first's. With arguments, pytest runs once with
+# them over all tiers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -24,18 +26,24 @@ cat build/build-debian-armhf.log
 if [ $# -gt 0 ]; then
     exec .venv/bin/python -m pytest -q "$@" tests/unit tests/integration tests/system
 fi
-log=build/tests-unit-integration.log
+log=build/tests-second-stream.log
 start=$(date +%s)
-.venv/bin/python -m pytest -q -p no:cacheprovider --basetemp=build/pytest-fast \
-    tests/unit tests/integration >"$log" 2>&1 &
-fast=$!
+(
+    rc=0
+    .venv/bin/python -m pytest -q -p no:cacheprovider --basetemp=build/pytest-fast \
+        tests/unit tests/integration || rc=$?
+    .venv/bin/python -m pytest -q -p no:cacheprovider --basetemp=build/pytest-boot \
+        tests/system --ignore tests/system/test_migration.py || rc=$?
+    exit $rc
+) >"$log" 2>&1 &
+second=$!
 set +e
-.venv/bin/python -m pytest -q --basetemp=build/pytest-system tests/system
-system_rc=$?
-wait "$fast"
-fast_rc=$?
+.venv/bin/python -m pytest -q --basetemp=build/pytest-system tests/system/test_migration.py
+migration_rc=$?
+wait "$second"
+second_rc=$?
 set -e
-echo "=== unit + integration (ran alongside) ==="
+echo "=== unit + integration, then the boot and mirror system tests (ran alongside) ==="
 cat "$log"
-echo "=== tests: system exit $system_rc, unit+integration exit $fast_rc, $(( $(date +%s) - start )) s ==="
-[ "$system_rc" -eq 0 ] && [ "$fast_rc" -eq 0 ]
+echo "=== tests: migration exit $migration_rc, second stream exit $second_rc, $(( $(date +%s) - start )) s ==="
+[ "$migration_rc" -eq 0 ] && [ "$second_rc" -eq 0 ]
